@@ -1,0 +1,29 @@
+# Both main targets set up the project-local .venv themselves (idempotent).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo lint data bench-dpo clean
+
+setup:
+	bash scripts/setup.sh
+
+# The whole suite; pytest's "no tests collected" (exit 5) is not a failure.
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Everything but the tests that load the real bundled model or start vLLM.
+test-fast: setup
+	$(PY) -m pytest -q -m "not bundled and not vllm and not slow" $(PYTEST_ARGS)
+
+# The main job on the bundled default.
+demo: setup
+	bash scripts/demo.sh
+
+lint: setup
+	.venv/bin/ruff check alignment reward_models tests bench data
+
+data:
+	python3 data/make_data.py
+
+clean:
+	rm -rf runs .pytest_cache

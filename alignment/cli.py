@@ -1,0 +1,122 @@
+"""The `alignment` command line.
+
+  alignment check RECIPE [key=value ...]     validate, print the resolved recipe (no model)
+  alignment train RECIPE [key=value ...]     run it (also: accelerate launch RECIPE)
+  alignment eval --model M --data FILE       greedy exact-answer accuracy, JSON + table
+  alignment model NAME                       resolve a model name to a local folder
+
+User errors (bad recipe, bad data, unknown model) print one clear message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from alignment.config import ConfigError
+    from alignment.data import DataError
+    from alignment.models import ModelNotFoundError
+
+    try:
+        return args.run(args)
+    except (ConfigError, DataError, ModelNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignment", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command")
+
+    check = sub.add_parser("check", help="validate a recipe and print it resolved")
+    check.add_argument("recipe", nargs="?", help="recipes/<name>.yaml")
+    check.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.lr=1e-5")
+    check.add_argument("--keys", action="store_true", help="list every recipe key and exit")
+    check.set_defaults(run=_check)
+
+    train = sub.add_parser("train", help="run a recipe")
+    train.add_argument("recipe")
+    train.add_argument("overrides", nargs="*", help="key=value, e.g. model.lora.r=16")
+    train.set_defaults(run=_train)
+
+    ev = sub.add_parser("eval", help="greedy exact-answer accuracy on prompt/answer data")
+    ev.add_argument("--model", required=True, help="model name, folder or training output dir")
+    ev.add_argument("--data", required=True, help="file with prompt and answer columns")
+    ev.add_argument("--n", type=int, default=None, help="evaluate only the first N rows")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    ev.add_argument("--system-prompt", default=None)
+    ev.add_argument("--output", default=None,
+                    help="JSON result path (default: <model dir>/eval.json or eval.json)")
+    ev.set_defaults(run=_eval)
+
+    model = sub.add_parser("model", help="resolve (and if bundled, convert) a model name")
+    model.add_argument("name", nargs="?", default="smollm2-135m")
+    model.set_defaults(run=_model)
+    return p
+
+
+def _check(args) -> int:
+    from alignment.config import describe_keys, dump_recipe, load_recipe
+
+    if args.keys:
+        for key, tp, help_text in describe_keys():
+            print(f"{key:<32} {tp:<28} {help_text}")
+        return 0
+    if not args.recipe:
+        print("error: alignment check needs a RECIPE (or --keys)", file=sys.stderr)
+        return EXIT_USAGE
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def _train(args) -> int:
+    from alignment.config import load_recipe
+    from alignment.trainers import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_recipe(recipe, recipe_path=args.recipe)
+    return 0
+
+
+def _eval(args) -> int:
+    from alignment import atomic
+    from alignment.evaluation import EvalSettings, evaluate, format_table
+
+    if args.n is not None and args.n <= 0:
+        print(f"error: --n must be positive, got {args.n}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = EvalSettings(limit=args.n, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size, dtype=args.dtype,
+                            system_prompt=args.system_prompt)
+    result = evaluate(args.model, args.data, settings, progress=sys.stderr.isatty())
+    print(format_table(result))
+    output = args.output
+    if output is None:
+        output = Path(args.model) / "eval.json" if Path(args.model).is_dir() else "eval.json"
+    atomic.write_json(output, result)
+    print(f"wrote {output}")
+    return 0
+
+
+def _model(args) -> int:
+    from alignment.models import resolve_model
+
+    print(resolve_model(args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

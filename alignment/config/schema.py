@@ -1,0 +1,153 @@
+"""The recipe schema: one typed dataclass per YAML section.
+
+A recipe file maps 1:1 onto `Recipe`; an unknown key is always an error. Each field is
+documented once, here, where it is declared (`alignment check --help-keys` prints them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alignment.config.fields import param, section
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT; r = 0 trains the full model."""
+
+    r: int = param(0, "LoRA rank; 0 disables LoRA (full fine-tuning)", ge=0)
+    alpha: int = param(32, "LoRA scaling numerator (scale = alpha / r)", gt=0)
+    dropout: float = param(0.0, "dropout on the LoRA input", ge=0.0, le=1.0)
+    target_modules: list[str] = param(default_factory=lambda: list(ALL_LINEAR),
+                                      help="module names that get adapters")
+
+
+@dataclass
+class ModelConfig:
+    """The policy (and, unless stated otherwise, the reference) model."""
+
+    name: str = param("smollm2-135m", "'smollm2-135m' (bundled, no network), a local HF "
+                      "folder, or a Hugging Face id already in the local cache")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = param(
+        "auto", "weights/compute dtype; auto = bfloat16 where the hardware supports it")
+    gradient_checkpointing: bool = param(False, "trade compute for activation memory")
+    lora: LoraConfig = section(LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation data (jsonl, json, parquet, csv or a `datasets` folder)."""
+
+    train: str = param("data/arithmetic/preference/train.jsonl", "training file", path=True)
+    eval: str | None = param("data/arithmetic/preference/test.jsonl",
+                             "held-out file for eval loss; null for none", path=True)
+    train_limit: int | None = param(None, "use only the first N training rows", gt=0)
+    eval_limit: int | None = param(200, "use only the first N eval rows", gt=0)
+    max_length: int = param(256, "max tokens of prompt + completion", gt=1)
+    max_prompt_length: int = param(128, "max prompt tokens", gt=0)
+    too_long: Literal["skip", "truncate", "error"] = param(
+        "skip", "rows over the limits: skip (counted and reported), truncate (prompt keeps "
+        "its end, completion its start) or error")
+    chat_template: bool = param(True, "render plain-string prompts through the chat template")
+    system_prompt: str | None = param(None, "system message added to every prompt")
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation loop shared by every trainer."""
+
+    lr: float = param(5e-6, "peak learning rate", gt=0.0)
+    epochs: int = param(1, "passes over the training data", ge=1)
+    max_steps: int | None = param(None, "stop after this many optimizer steps (wins over "
+                                  "epochs)", gt=0)
+    batch_size: int = param(8, "sequences (pairs for preference data) per micro-batch "
+                            "per process", gt=0)
+    grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = param("adamw", "optimizer")
+    weight_decay: float = param(0.0, "decoupled weight decay", ge=0.0)
+    scheduler: Literal["constant", "linear", "cosine"] = param(
+        "linear", "LR schedule after warm-up (linear/cosine decay to 0)")
+    warmup_steps: int = param(0, "linear warm-up steps from 0", ge=0)
+    max_grad_norm: float | None = param(1.0, "clip the global grad norm; null = no clipping",
+                                        gt=0.0)
+    seed: int = param(42, "seed for data order and initialisation", ge=0)
+    threads: int | None = param(None, "torch CPU threads; null = all cores", gt=0)
+    log_every: int = param(1, "log metrics every N optimizer steps", gt=0)
+    eval_every: int | None = param(None, "eval loss on data.eval every N steps; null = only "
+                                   "at the end", gt=0)
+    save_every: int | None = param(50, "checkpoint every N steps; null = only at the end",
+                                   gt=0)
+    keep_checkpoints: int = param(2, "checkpoints kept on disk (oldest removed)", ge=1)
+
+
+@dataclass
+class DPOConfig:
+    """DPO (Rafailov et al. 2023); see ALGORITHMS.md section 2."""
+
+    beta: float = param(0.1, "KL strength beta of the implicit reward", gt=0.0)
+    reference: Literal["precompute", "model"] = param(
+        "precompute", "reference log-probs computed once before training, or by a frozen "
+        "model at every step")
+
+
+@dataclass
+class IPOConfig:
+    """IPO (Azar et al. 2024); see ALGORITHMS.md section 3."""
+
+    tau: float = param(0.1, "regularisation tau; the target margin is 1/(2 tau)", gt=0.0)
+    normalize: Literal["sum", "mean"] = param(
+        "mean", "sequence log-ratio as a sum over tokens (paper) or per-token mean (TRL; "
+        "tau is then per token)")
+    reference: Literal["precompute", "model"] = param(
+        "precompute", "as dpo.reference")
+
+
+@dataclass
+class EvalConfig:
+    """Generation eval (greedy exact-answer accuracy) run by `alignment eval` / the demo."""
+
+    data: str = param("data/arithmetic/rl/test.jsonl", "prompt/answer file", path=True)
+    limit: int | None = param(200, "evaluate only the first N rows", gt=0)
+    max_new_tokens: int = param(64, "generation budget per answer", gt=0)
+    batch_size: int = param(32, "prompts per generate call", gt=0)
+    before_after: bool = param(True, "evaluate the base model before and the result after "
+                               "training")
+
+
+@dataclass
+class LaunchConfig:
+    """How `alignment train` starts processes (Accelerate configs live in launch/)."""
+
+    num_processes: int = param(1, "processes to start", gt=0)
+    config_file: str | None = param(None, "accelerate config file (launch/*.yaml)", path=True)
+
+
+@dataclass
+class LoggingConfig:
+    """Where and how progress is reported."""
+
+    tensorboard: bool = param(True, "write TensorBoard event files under output_dir/logs")
+    progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
+
+
+ALGORITHMS = ("dpo", "ipo")
+
+
+@dataclass
+class Recipe:
+    """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
+
+    algorithm: Literal["dpo", "ipo"] = param(help="the trainer to run")
+    output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
+                            "{algorithm} is substituted")
+    model: ModelConfig = section(ModelConfig)
+    data: DataConfig = section(DataConfig)
+    trainer: TrainerConfig = section(TrainerConfig)
+    dpo: DPOConfig = section(DPOConfig)
+    ipo: IPOConfig = section(IPOConfig)
+    eval: EvalConfig = section(EvalConfig)
+    launch: LaunchConfig = section(LaunchConfig)
+    logging: LoggingConfig = section(LoggingConfig)

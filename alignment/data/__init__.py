@@ -1,0 +1,24 @@
+"""Data: read any common file format, validate columns, apply chat templates, tokenize."""
+
+from __future__ import annotations
+
+from alignment.data.formats import Example, parse_examples
+from alignment.data.io import DataError, Row, read_rows
+from alignment.data.tokenize import (
+    SkipReport,
+    TokenizedExample,
+    render_prompt,
+    tokenize_examples,
+)
+
+
+def load_examples(path: str, kind: str, limit: int | None = None) -> list[Example]:
+    """Read and validate `path` as `kind` ('preference', 'prompt' or 'sft') data."""
+    rows = read_rows(path)
+    if limit is not None:
+        rows = rows[:limit]
+    return parse_examples(rows, kind, str(path))
+
+
+__all__ = ["DataError", "Example", "Row", "SkipReport", "TokenizedExample", "load_examples",
+           "parse_examples", "read_rows", "render_prompt", "tokenize_examples"]

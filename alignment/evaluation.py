@@ -1,0 +1,115 @@
+"""Greedy exact-answer accuracy of a model on prompt/answer data (`alignment eval`).
+
+Generation here uses transformers' `generate` (greedy, left-padded batches sorted by
+prompt length so that little padding is computed). Correctness is `reward_models`'
+exact-answer checker. Results are broken down by the data's `task` column when present.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from alignment.data import load_examples, render_prompt
+from alignment.models import load_tokenizer, resolve_dtype, resolve_model
+from reward_models import extract_answer, is_correct
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    dtype: str = "auto"
+    chat_template: bool = True
+    system_prompt: str | None = None
+    samples_kept: int = 20
+
+
+def evaluate(model: str, data: str, settings: EvalSettings | None = None, *,
+             loaded=None, progress: bool = False) -> dict:
+    """Accuracy of `model` (name or folder) on `data`; `loaded` = (model, tokenizer) reuses
+    objects already in memory (e.g. the trainer's policy)."""
+    s = settings or EvalSettings()
+    examples = load_examples(data, "prompt", limit=s.limit)
+    if loaded is None:
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_model(model)
+        tokenizer = load_tokenizer(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(s.dtype))
+    else:
+        lm, tokenizer = loaded
+    lm.eval()
+    prompts = [render_prompt(tokenizer, ex.prompt, chat_template=s.chat_template,
+                             system_prompt=s.system_prompt, plain=ex.plain) for ex in examples]
+    start = time.perf_counter()
+    completions, new_tokens = generate_greedy(lm, tokenizer, prompts, s.max_new_tokens,
+                                              s.batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    samples = []
+    for ex, completion in zip(examples, completions, strict=True):
+        ok = is_correct(completion, ex.extra["answer"])
+        per_task[str(ex.extra.get("task", "all"))].append(ok)
+        if len(samples) < s.samples_kept:
+            samples.append({"prompt": ex.prompt[-1]["content"], "completion": completion,
+                            "answer": ex.extra["answer"], "extracted": extract_answer(completion),
+                            "correct": ok})
+    flat = [ok for oks in per_task.values() for ok in oks]
+    return {
+        "model": model,
+        "data": str(data),
+        "n": len(flat),
+        "accuracy": sum(flat) / len(flat),
+        "per_task": {t: {"n": len(v), "accuracy": sum(v) / len(v)}
+                     for t, v in sorted(per_task.items())},
+        "generation": {"seconds": round(seconds, 2), "new_tokens": new_tokens,
+                       "tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1),
+                       "max_new_tokens": s.max_new_tokens, "dtype": str(lm.dtype)},
+        "samples": samples,
+    }
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                    batch_size: int, progress: bool = False) -> tuple[list[str], int]:
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    total_new = 0
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="generating", unit="batch")
+    for b in batches:
+        idx = order[b:b + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        new = gen[:, enc["input_ids"].shape[1]:]               # (batch, new tokens)
+        for row, i in enumerate(idx):
+            ids = new[row].tolist()
+            if tokenizer.eos_token_id in ids:
+                ids = ids[:ids.index(tokenizer.eos_token_id) + 1]
+            total_new += len(ids)
+            out[i] = tokenizer.decode(ids, skip_special_tokens=True)
+    return out, total_new
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'task':<12}{'n':>6}{'accuracy':>10}"]
+    for task, r in result["per_task"].items():
+        lines.append(f"{task:<12}{r['n']:>6}{r['accuracy']:>10.1%}")
+    lines.append(f"{'overall':<12}{result['n']:>6}{result['accuracy']:>10.1%}")
+    g = result["generation"]
+    lines.append(f"({g['new_tokens']} tokens in {g['seconds']} s, {g['tokens_per_s']} tok/s, "
+                 f"{g['dtype']})")
+    return "\n".join(lines)

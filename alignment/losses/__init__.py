@@ -1,0 +1,11 @@
+"""Loss functions: tensors in, ``(loss, metrics)`` out; one algorithm per module."""
+
+from .dpo import dpo_loss
+from .ipo import ipo_loss
+from .logps import sequence_logps
+
+__all__ = [
+    "dpo_loss",
+    "ipo_loss",
+    "sequence_logps",
+]
