@@ -1,0 +1,74 @@
+"""Checkpoints: written whole or not at all, found again on restart.
+
+Layout of `output_dir/checkpoints/step-000050/`:
+  model/            save_pretrained of the policy (the LoRA adapter alone when LoRA is on)
+                    and its tokenizer: loadable as is
+  trainer.pt        fp32 master weights, optimiser and scheduler state, RNG states
+  trainer_state.json  step, epoch, position in the epoch, metric history
+  recipe.yaml       the resolved recipe that produced it
+The folder is assembled under a temporary name and renamed into place (`atomic_dir`), so a
+SIGKILL at any moment leaves either the previous checkpoints or the new one complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignment import atomic
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, trainer_state: dict,
+                    optimizer_state: dict, scheduler_state: dict, recipe_yaml: str,
+                    keep: int) -> Path:
+    target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+    with atomic.atomic_dir(target) as tmp:
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state,
+                    "rng": rng_state()}, tmp / "trainer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / "recipe.yaml").write_text(recipe_yaml)
+    for old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(trainer_state, {optimizer, scheduler, rng}) of a checkpoint folder."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    blobs = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    return state, blobs
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
