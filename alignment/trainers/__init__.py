@@ -6,7 +6,10 @@ from alignment.config import ConfigError, Recipe
 
 # algorithm name -> "module:Class"; a name in the recipe schema without an entry here is
 # reported as not available in this version instead of failing deep inside.
-TRAINERS: dict[str, str] = {}
+TRAINERS: dict[str, str] = {
+    "dpo": "alignment.trainers.dpo:DPOTrainer",
+    "ipo": "alignment.trainers.ipo:IPOTrainer",
+}
 
 
 def run_recipe(recipe: Recipe, recipe_path: str | None = None) -> None:

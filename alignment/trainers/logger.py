@@ -35,11 +35,11 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.dir / "logs"), purge_step=start_step + 1)
-        if progress_bar:
+        if progress_bar and sys.stderr.isatty():  # otherwise one plain line per log
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step",
-                            dynamic_ncols=True, disable=not sys.stderr.isatty())
+                            dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -55,7 +55,7 @@ class MetricsLogger:
             shown = {k.split("/")[-1] if k != "eval/loss" else "eval": f"{row[k]:.4g}"
                      for k in BAR_KEYS if k in row}
             self.bar.set_postfix(shown, refresh=False)
-        elif not sys.stderr.isatty():
+        else:
             text = " ".join(f"{k}={row[k]:.4g}" for k in ("loss", *BAR_KEYS[1:]) if k in row)
             print(f"step {step}: {text}", file=sys.stderr, flush=True)
 

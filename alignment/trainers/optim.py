@@ -23,7 +23,7 @@ class MasterWeightOptimizer:
 
     def __init__(self, params: list[torch.nn.Parameter], cfg: TrainerConfig):
         self.params = [p for p in params if p.requires_grad]
-        self.low_precision = any(p.dtype != torch.float32 for p in self.params)
+        self.low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for p in self.params)
         if self.low_precision:
             self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
         else:

@@ -1,0 +1,334 @@
+"""The loop every trainer shares; an algorithm supplies only its batches and its loss.
+
+    for step in range(start, total):                      # resumable at any checkpoint
+        micro-batches <- plan(epoch, step)                # seeded, length-grouped, sharded
+        for each micro-batch:                             # gradient accumulation
+            loss, metrics = algorithm.compute_loss(batch)
+            backward(loss * weight / global weight)       # exact mean over the whole step
+        clip, optimiser step on fp32 master weights, LR schedule
+        log / eval / checkpoint
+
+Accelerate places the model and wraps it for data parallelism; only the main process
+writes files. Subclasses implement `load_examples`, `example_length`, `collate`,
+`batch_weight` and `compute_loss`, and may override `before_training`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from alignment import atomic
+from alignment.config import Recipe, dump_recipe
+from alignment.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model
+from alignment.trainers import batching, checkpoint
+from alignment.trainers.logger import MetricsLogger
+from alignment.trainers.optim import MasterWeightOptimizer, build_scheduler
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, recipe_path: str | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.recipe, self.cfg = recipe, recipe.trainer
+        self.recipe_path = recipe_path
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.accelerator = Accelerator()
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        set_seed(self.cfg.seed)
+        self.output_dir = Path(recipe.output_dir)
+        self.dtype = resolve_dtype(recipe.model.dtype)
+        self.model_path = resolve_model(recipe.model.name)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.train_set = self.load_examples(recipe.data.train, recipe.data.train_limit, "train")
+        self.eval_set = (self.load_examples(recipe.data.eval, recipe.data.eval_limit, "eval")
+                         if recipe.data.eval else [])
+        self.policy = self.build_policy()
+        self.model = self.accelerator.prepare_model(self.policy)
+        self.optim = MasterWeightOptimizer(list(self.policy.parameters()), self.cfg)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optim.optimizer, self.cfg, self.total_steps)
+        self.step = 0
+        self.nan_streak = 0
+
+    # ------------------------------------------------------------------ to implement
+    def load_examples(self, path: str, limit: int | None, split: str) -> list:
+        raise NotImplementedError
+
+    def example_length(self, example) -> int:
+        raise NotImplementedError
+
+    def collate(self, examples: list) -> dict:
+        raise NotImplementedError
+
+    def batch_weight(self, batch: dict) -> float:
+        """How much this micro-batch counts in the step's mean (pairs, sequences, tokens)."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def before_training(self) -> None:
+        """Work done once before the first step (e.g. reference log-probs)."""
+
+    # ------------------------------------------------------------------ model
+    def build_policy(self):
+        model = load_causal_lm(self.model_path, self.dtype)
+        lora = self.recipe.model.lora
+        if lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        if self.recipe.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if lora.r > 0:
+                model.enable_input_require_grads()
+        return model
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.recipe.model.lora.r > 0
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        self._resume()
+        self.before_training()
+        if self.step == 0:
+            self.generation_eval("before")
+        logger = MetricsLogger(self.output_dir, enabled=self.is_main, total_steps=self.total_steps,
+                               start_step=self.step,
+                               tensorboard=self.recipe.logging.tensorboard,
+                               progress_bar=self.recipe.logging.progress_bar)
+        self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
+                  f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
+                  f"{self.world} process(es), {self.dtype}) -> {self.output_dir}")
+        start = time.perf_counter()
+        tokens_seen = 0
+        while self.step < self.total_steps:
+            metrics = self._train_step()
+            tokens_seen += metrics.get("tokens", 0)
+            self.step += 1
+            logger.advance()
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                metrics.update(self.evaluate_loss())
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                logger.log(self.step, metrics)
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save_checkpoint(logger.history)
+        elapsed = time.perf_counter() - start
+        final_eval = self.evaluate_loss()
+        if final_eval:
+            logger.log(self.step, final_eval)
+        self.save_checkpoint(logger.history)
+        summary = {"algorithm": self.recipe.algorithm, "steps": self.step,
+                   "train_seconds": round(elapsed, 1),
+                   "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
+                   "final_eval": final_eval, "output_dir": str(self.output_dir)}
+        summary["generation_eval"] = self.generation_eval("after")
+        self.export_final()
+        logger.close(summary)
+        self.accelerator.wait_for_everyone()
+        return summary
+
+    def _train_step(self) -> dict:
+        t0 = time.perf_counter()
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        plan = self._plan(epoch)
+        micro = batching.step_batches(plan, in_epoch, grad_accum=self.cfg.grad_accum,
+                                      processes=self.world, rank=self.rank)
+        batches = [self.collate([self.train_set[i] for i in mb]) for mb in micro]
+        weights = [float(self.batch_weight(b)) for b in batches]
+        total = self._sum_across_processes(sum(weights))
+        sums: dict[str, float] = {}
+        tokens = 0
+        self.model.train()
+        for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync:
+                loss, metrics = self.compute_loss(batch)
+                # weight/total makes the step's loss the mean over all its examples (or
+                # tokens), whatever the micro-batch sizes; x world undoes DDP's averaging.
+                self.accelerator.backward(loss * (weight * self.world / total))
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * weight
+            tokens += int(batch["attention_mask"].sum())
+        metrics = {k: v / sum(weights) for k, v in sums.items()}
+        metrics = self._mean_across_processes(metrics)
+        if not math.isfinite(metrics["loss"]):
+            return self._skip_step(metrics)
+        self.nan_streak = 0
+        metrics["grad_norm"] = self.optim.step()
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        seconds = time.perf_counter() - t0
+        tokens = int(self._sum_across_processes(tokens))
+        metrics.update({"epoch": epoch + (in_epoch + 1) / self.steps_per_epoch,
+                        "step_seconds": seconds, "tokens": tokens,
+                        "tokens_per_s": tokens / seconds})
+        return metrics
+
+    def _skip_step(self, metrics: dict) -> dict:
+        self.optim.zero_grad()
+        self.nan_streak += 1
+        self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+        self._say(f"step {self.step + 1}: non-finite loss, step skipped "
+                  f"({self.nan_streak} in a row, {self.skipped_steps} in total)")
+        if self.nan_streak >= self.cfg.max_nan_steps:
+            raise TrainingError(f"{self.nan_streak} non-finite losses in a row (trainer."
+                                f"max_nan_steps={self.cfg.max_nan_steps}); last metrics: "
+                                f"{metrics}. Try a lower trainer.lr or model.dtype=float32.")
+        self.scheduler.step()
+        return {**metrics, "skipped": 1.0}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate_loss(self) -> dict:
+        """Mean loss and metrics over data.eval (every process takes a share)."""
+        if not self.eval_set:
+            return {}
+        self.model.eval()
+        lengths = [self.example_length(e) for e in self.eval_set]
+        sums: dict[str, float] = {}
+        count = 0.0
+        for idx in batching.eval_batches(lengths, self.cfg.batch_size, self.world, self.rank):
+            batch = self.collate([self.eval_set[i] for i in idx], split="eval")
+            loss, metrics = self.compute_loss(batch)
+            weight = float(self.batch_weight(batch))
+            for key, value in {"loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * weight
+            count += weight
+        keys = sorted(sums)
+        totals = self._sum_vector([sums[k] for k in keys] + [count])
+        self.model.train()
+        return {f"eval/{k}": v / totals[-1] for k, v in zip(keys, totals, strict=False)}
+
+    def generation_eval(self, tag: str) -> dict | None:
+        """Greedy exact-answer accuracy on recipe.eval.data, before and after training."""
+        ev = self.recipe.eval
+        if not ev.before_after:
+            return None
+        path = self.output_dir / f"eval_{tag}.json"
+        result = None
+        if self.is_main:
+            from alignment.evaluation import EvalSettings, evaluate, format_table
+
+            self._say(f"generation eval ({tag} training) on {ev.data} ...")
+            settings = EvalSettings(limit=ev.limit, max_new_tokens=ev.max_new_tokens,
+                                    batch_size=ev.batch_size,
+                                    chat_template=self.recipe.data.chat_template,
+                                    system_prompt=self.recipe.data.system_prompt)
+            was_training = self.policy.training
+            self.policy.config.use_cache = True
+            result = evaluate(self.recipe.model.name if tag == "before" else str(self.output_dir),
+                              ev.data, settings, loaded=(self.policy, self.tokenizer))
+            self.policy.config.use_cache = False
+            self.policy.train(was_training)
+            atomic.write_json(path, result)
+            self._say(f"accuracy {tag} training:\n{format_table(result)}")
+        self.accelerator.wait_for_everyone()
+        return result
+
+    # ------------------------------------------------------------------ saving
+    def save_checkpoint(self, history: list[dict]) -> None:
+        if self.is_main:
+            state = {"step": self.step, "total_steps": self.total_steps,
+                     "epoch": self.step / self.steps_per_epoch, "world": self.world,
+                     "history": history[-1000:]}
+            checkpoint.save_checkpoint(
+                self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
+                trainer_state=state, optimizer_state=self.optim.state_dict(),
+                scheduler_state=self.scheduler.state_dict(),
+                recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def export_final(self) -> None:
+        """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32."""
+        if self.is_main:
+            model = self.policy
+            if self.optim.low_precision:  # write the fp32 master values, not their bf16 copy
+                model = model.float()
+                with torch.no_grad():
+                    for p, m in zip(self.optim.params, self.optim.master, strict=True):
+                        p.copy_(m)
+            with atomic.atomic_dir(self.output_dir / "final") as tmp:
+                if self.uses_lora:
+                    model.save_pretrained(tmp / "adapter")
+                    model = model.merge_and_unload()
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
+            self._say(f"saved {self.output_dir / 'final'}")
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        last = checkpoint.latest_checkpoint(self.output_dir)
+        if last is None:
+            return
+        state, blobs = checkpoint.load_checkpoint(last)
+        if state["world"] != self.world:
+            self._say(f"note: checkpoint was written by {state['world']} process(es), now "
+                      f"{self.world}: the data order continues by global step")
+        self.optim.load_state_dict(blobs["optimizer"])
+        self.scheduler.load_state_dict(blobs["scheduler"])
+        checkpoint.set_rng_state(blobs["rng"])
+        self.step = state["step"]
+        self._say(f"resuming from {last} (step {self.step} of {self.total_steps})")
+
+    # ------------------------------------------------------------------ helpers
+    def _steps_per_epoch(self) -> int:
+        n = len(batching.epoch_plan(self._lengths(), batch_size=self.cfg.batch_size,
+                                    seed=self.cfg.seed, epoch=0))
+        steps = batching.steps_per_epoch(n, self.cfg.grad_accum, self.world)
+        if steps == 0:
+            need = self.cfg.batch_size * self.cfg.grad_accum * self.world
+            raise TrainingError(f"{self.recipe.data.train}: {len(self.train_set)} usable "
+                                f"examples, fewer than one optimiser step needs ({need} = "
+                                "batch_size x grad_accum x processes)")
+        return steps
+
+    def _lengths(self) -> list[int]:
+        if not hasattr(self, "_length_cache"):
+            self._length_cache = [self.example_length(e) for e in self.train_set]
+        return self._length_cache
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_plan_epoch", None) != epoch:
+            self._plan_cache = batching.epoch_plan(self._lengths(),
+                                                   batch_size=self.cfg.batch_size,
+                                                   seed=self.cfg.seed, epoch=epoch)
+            self._plan_epoch = epoch
+        return self._plan_cache
+
+    def _sum_vector(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        if self.world > 1:
+            tensor = self.accelerator.reduce(tensor, reduction="sum")
+        return tensor.tolist()
+
+    def _sum_across_processes(self, value: float) -> float:
+        return self._sum_vector([value])[0]
+
+    def _mean_across_processes(self, metrics: dict) -> dict:
+        keys = sorted(metrics)
+        values = self._sum_vector([metrics[k] for k in keys])
+        return {k: v / self.world for k, v in zip(keys, values, strict=True)}
+
+    def _say(self, text: str) -> None:
+        if self.is_main:
+            print(text, file=sys.stderr, flush=True)

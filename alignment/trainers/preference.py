@@ -1,0 +1,167 @@
+"""What DPO-family trainers share: pairs, reference log-probs, one forward per step.
+
+A subclass names its loss (`preference_loss`) and whether sequence log-probs are summed
+or averaged over tokens; everything else (data, the reference, batching) lives here.
+
+The reference policy π_ref is the model at initialisation (or `model.reference`). Its
+log-probs are either
+  precompute  computed once for every train/eval pair before the first step (one batched
+              no-grad pass, cached in output_dir/reference_logps.pt for resumed runs);
+  model       recomputed at every step by a frozen copy, or, with LoRA, by the same model
+              with its adapters disabled (no second copy in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from alignment.data import DataError, load_examples, tokenize_examples
+from alignment.models import load_causal_lm, resolve_model
+from alignment.trainers import batching
+from alignment.trainers.base import Trainer
+from alignment.trainers.sequences import collate_pairs, completion_logps
+
+
+@dataclass
+class Pair:
+    index: int
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    where: str
+
+
+class PreferenceTrainer(Trainer):
+    average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
+
+    @property
+    def reference_mode(self) -> str:
+        raise NotImplementedError
+
+    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+    def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
+        d = self.recipe.data
+        examples = load_examples(path, "preference", limit)
+        tokenized, report = tokenize_examples(
+            self.tokenizer, examples, max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length, too_long=d.too_long,
+            chat_template=d.chat_template, system_prompt=d.system_prompt)
+        if report.summary():
+            self._say(f"{path}: {report.summary()}")
+        if not tokenized:
+            raise DataError(f"{path}: no usable preference pairs left "
+                            f"({report.summary() or 'empty'})")
+        return [Pair(i, t.prompt_ids, t.completion_ids["chosen"], t.completion_ids["rejected"],
+                     t.where) for i, t in enumerate(tokenized)]
+
+    def example_length(self, pair: Pair) -> int:
+        return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+    def collate(self, pairs: list[Pair], split: str = "train") -> dict:
+        batch = collate_pairs([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                              [p.rejected_ids for p in pairs], self.tokenizer.pad_token_id)
+        if self.reference_mode == "precompute":
+            table = self._ref_table[split]                      # (N, 2): chosen, rejected
+            idx = torch.tensor([p.index for p in pairs])
+            batch["ref_logps"] = torch.cat([table[idx, 0], table[idx, 1]])   # (2B,)
+        return batch
+
+    def batch_weight(self, batch: dict) -> float:
+        return batch["n_pairs"]
+
+    # ------------------------------------------------------------------ the loss
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        n = batch["n_pairs"]
+        logps = completion_logps(self.model, batch, average=self.average_logps)   # (2B,)
+        if "ref_logps" in batch:
+            ref = batch["ref_logps"].to(logps.device)
+        else:
+            ref = self._reference_logps(batch)
+        loss, metrics = self.preference_loss(logps[:n], logps[n:], ref[:n], ref[n:])
+        return loss, metrics
+
+    # ------------------------------------------------------------------ reference
+    def before_training(self) -> None:
+        if self.reference_mode == "precompute":
+            self._ref_table = self._precomputed_reference()
+        elif self._needs_reference_copy():
+            self._load_reference_copy()
+
+    def _needs_reference_copy(self) -> bool:
+        """A LoRA policy with its adapters off IS the initial policy: no copy needed."""
+        return self.recipe.model.reference is not None or not self.uses_lora
+
+    def _load_reference_copy(self) -> None:
+        path = resolve_model(self.recipe.model.reference or self.recipe.model.name)
+        self._ref_model = load_causal_lm(path, self.dtype).eval()
+        self._ref_model.requires_grad_(False)
+        self._ref_model.to(self.accelerator.device)
+
+    @torch.no_grad()
+    def _reference_logps(self, batch: dict) -> torch.Tensor:
+        if not hasattr(self, "_ref_model"):
+            with self.policy.disable_adapter():
+                return completion_logps(self.policy, batch, average=self.average_logps)
+        return completion_logps(self._ref_model, batch, average=self.average_logps)
+
+    def _precomputed_reference(self) -> dict[str, torch.Tensor]:
+        cache = self.output_dir / "reference_logps.pt"
+        key = self._reference_key()
+        if cache.is_file():
+            saved = torch.load(cache, weights_only=True)
+            if saved.get("key") == key:
+                return {"train": saved["train"], "eval": saved["eval"]}
+        if self.recipe.model.reference is not None or (self.step > 0 and not self.uses_lora):
+            # a separate π_ref, or resumed without a cache (the policy has moved)
+            self._load_reference_copy()
+        self._say(f"computing reference log-probs for {len(self.train_set)} + "
+                  f"{len(self.eval_set)} pairs (once) ...")
+        tables = {"train": self._reference_table(self.train_set),
+                  "eval": self._reference_table(self.eval_set)}
+        self.__dict__.pop("_ref_model", None)
+        if self.is_main:
+            buffer = {"key": key, **tables}
+            tmp = cache.with_suffix(".tmp")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(buffer, tmp)
+            tmp.replace(cache)
+        return tables
+
+    @torch.no_grad()
+    def _reference_table(self, pairs: list[Pair]) -> torch.Tensor:
+        """(N, 2) reference log-probs; each process computes a share, then all gather."""
+        table = torch.zeros(len(pairs), 2, dtype=torch.float32)
+        if not pairs:
+            return table
+        self.model.eval()
+        lengths = [self.example_length(p) for p in pairs]
+        size = max(self.cfg.batch_size, 16)
+        for idx in batching.eval_batches(lengths, size, self.world, self.rank):
+            chunk = [pairs[i] for i in idx]
+            batch = collate_pairs([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk],
+                                  [p.rejected_ids for p in chunk], self.tokenizer.pad_token_id)
+            if self.uses_lora or hasattr(self, "_ref_model"):
+                logps = self._reference_logps(batch)
+            else:  # full fine-tuning before the first step: the policy IS π_ref
+                logps = completion_logps(self.policy, batch, average=self.average_logps)
+            logps = logps.float().cpu()
+            table[idx, 0] = logps[:len(idx)]
+            table[idx, 1] = logps[len(idx):]
+        self.model.train()
+        if self.world > 1:  # shares are disjoint and zero elsewhere: a sum gathers them
+            table = self.accelerator.reduce(table.to(self.accelerator.device), "sum").cpu()
+        return table
+
+    def _reference_key(self) -> str:
+        d = self.recipe.data
+        parts = [self.model_path, self.recipe.model.reference, d.train, d.eval, d.train_limit,
+                 d.eval_limit, d.max_length, d.max_prompt_length, d.too_long, d.chat_template,
+                 d.system_prompt, self.average_logps, str(self.dtype)]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
