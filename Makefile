@@ -19,6 +19,10 @@ test-fast: setup
 demo: setup
 	bash scripts/demo.sh
 
+# TRL's DPOTrainer vs ours on the bundled model, same data/batch/dtype/threads, one run.
+bench-dpo: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/dpo_vs_trl.py --json bench/dpo_vs_trl.json
+
 lint: setup
 	.venv/bin/ruff check alignment reward_models tests bench data
 

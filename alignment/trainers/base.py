@@ -19,6 +19,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,7 +168,7 @@ class Trainer:
                 self.accelerator.backward(loss * (weight * self.world / total))
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch["n_tokens"]
         metrics = {k: v / sum(weights) for k, v in sums.items()}
         metrics = self._mean_across_processes(metrics)
         if not math.isfinite(metrics["loss"]):
@@ -193,7 +194,9 @@ class Trainer:
             raise TrainingError(f"{self.nan_streak} non-finite losses in a row (trainer."
                                 f"max_nan_steps={self.cfg.max_nan_steps}); last metrics: "
                                 f"{metrics}. Try a lower trainer.lr or model.dtype=float32.")
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows the step count, stepped or not
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         return {**metrics, "skipped": 1.0}
 
     # ------------------------------------------------------------------ evaluation
@@ -277,6 +280,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _resume(self) -> None:
+        if self.is_main:
+            checkpoint.remove_partial(self.output_dir)
         last = checkpoint.latest_checkpoint(self.output_dir)
         if last is None:
             return

@@ -35,6 +35,15 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_partial(output_dir: str | Path) -> None:
+    """Delete the temporary folders a killed save left behind (never complete ones)."""
+    root = Path(output_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith("."):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     dirs = checkpoint_dirs(output_dir)
     return dirs[-1] if dirs else None

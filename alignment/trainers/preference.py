@@ -23,7 +23,7 @@ from alignment.data import DataError, load_examples, tokenize_examples
 from alignment.models import load_causal_lm, resolve_model
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer
-from alignment.trainers.sequences import collate_pairs, completion_logps
+from alignment.trainers.sequences import collate_pairs, pair_logps
 
 
 @dataclass
@@ -79,7 +79,7 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         n = batch["n_pairs"]
-        logps = completion_logps(self.model, batch, average=self.average_logps)   # (2B,)
+        logps = pair_logps(self.model, batch, average=self.average_logps)   # (2B,)
         if "ref_logps" in batch:
             ref = batch["ref_logps"].to(logps.device)
         else:
@@ -108,8 +108,8 @@ class PreferenceTrainer(Trainer):
     def _reference_logps(self, batch: dict) -> torch.Tensor:
         if not hasattr(self, "_ref_model"):
             with self.policy.disable_adapter():
-                return completion_logps(self.policy, batch, average=self.average_logps)
-        return completion_logps(self._ref_model, batch, average=self.average_logps)
+                return pair_logps(self.policy, batch, average=self.average_logps)
+        return pair_logps(self._ref_model, batch, average=self.average_logps)
 
     def _precomputed_reference(self) -> dict[str, torch.Tensor]:
         cache = self.output_dir / "reference_logps.pt"
@@ -137,7 +137,7 @@ class PreferenceTrainer(Trainer):
     @torch.no_grad()
     def _reference_table(self, pairs: list[Pair]) -> torch.Tensor:
         """(N, 2) reference log-probs; each process computes a share, then all gather."""
-        table = torch.zeros(len(pairs), 2, dtype=torch.float32)
+        table = torch.zeros(len(pairs), 2, dtype=torch.float64)   # sums of ~100s of logps
         if not pairs:
             return table
         self.model.eval()
@@ -150,8 +150,8 @@ class PreferenceTrainer(Trainer):
             if self.uses_lora or hasattr(self, "_ref_model"):
                 logps = self._reference_logps(batch)
             else:  # full fine-tuning before the first step: the policy IS π_ref
-                logps = completion_logps(self.policy, batch, average=self.average_logps)
-            logps = logps.float().cpu()
+                logps = pair_logps(self.policy, batch, average=self.average_logps)
+            logps = logps.double().cpu()
             table[idx, 0] = logps[:len(idx)]
             table[idx, 1] = logps[len(idx):]
         self.model.train()

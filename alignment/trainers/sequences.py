@@ -8,8 +8,8 @@ columns minus the very last; `logits_to_keep=C + 1` makes the model apply its LM
 never to prompt tokens. Position ids count real tokens only, so left padding does not
 shift positions.
 
-For preference pairs the chosen and rejected rows of a micro-batch go through the model
-together (rows 0..B-1 chosen, B..2B-1 rejected): one forward and one backward per step.
+For preference pairs (`collate_pairs`) the prompt is shared: one row per pair holds the
+prompt once and both completions, kept apart by a 4-D attention mask.
 """
 
 from __future__ import annotations
@@ -36,15 +36,72 @@ def collate_sequences(prompts: list[list[int]], completions: list[list[int]],
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "position_ids": position_ids, "completion_mask": completion_mask,
-            "prompt_width": width_p}
+            "prompt_width": width_p, "n_tokens": int(attention_mask.sum())}
 
 
 def collate_pairs(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
                   rejected_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows, sharing one layout."""
-    batch = collate_sequences(prompt_ids + prompt_ids, chosen_ids + rejected_ids, pad_id)
-    batch["n_pairs"] = len(prompt_ids)
-    return batch
+    """Preference pairs with the prompt computed ONCE per pair.
+
+    Each row is `[pad.. prompt | chosen ..pad | rejected ..pad]` (widths P, C1, C2). A 4-D
+    attention mask lets chosen tokens see the prompt and earlier chosen tokens, rejected
+    tokens see the prompt and earlier rejected tokens, and nobody see padding; both
+    completions continue the prompt's positions. This is exactly two independent
+    sequences prompt+chosen and prompt+rejected, minus the second copy of the prompt
+    (about a third of the tokens on the shipped data).
+    """
+    n = len(prompt_ids)
+    width_p = max(len(p) for p in prompt_ids)
+    width_c = max(len(c) for c in chosen_ids)
+    width_r = max(len(r) for r in rejected_ids)
+    width = width_p + width_c + width_r
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    segment = torch.zeros((n, width), dtype=torch.long)   # 0 pad, 1 prompt, 2 chosen, 3 rejected
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    chosen_mask = torch.zeros((n, width_c), dtype=torch.bool)
+    rejected_mask = torch.zeros((n, width_r), dtype=torch.bool)
+    for row, (p, c, r) in enumerate(zip(prompt_ids, chosen_ids, rejected_ids, strict=True)):
+        spans = [(width_p - len(p), p, 1, 0), (width_p, c, 2, len(p)),
+                 (width_p + width_c, r, 3, len(p))]
+        for start, tokens, seg, first_pos in spans:
+            input_ids[row, start:start + len(tokens)] = torch.tensor(tokens)
+            segment[row, start:start + len(tokens)] = seg
+            position_ids[row, start:start + len(tokens)] = torch.arange(len(tokens)) + first_pos
+        chosen_mask[row, :len(c)] = True
+        rejected_mask[row, :len(r)] = True
+    query, key = segment[:, :, None], segment[:, None, :]       # (n, L, 1), (n, 1, L)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = causal & (key != 0) & ((key == 1) | (key == query))
+    visible |= torch.eye(width, dtype=torch.bool) & (query == 0)  # pad rows: no empty softmax
+    return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (n, 1, L, L)
+            "position_ids": position_ids, "chosen_mask": chosen_mask,
+            "rejected_mask": rejected_mask, "widths": (width_p, width_c, width_r),
+            "n_pairs": n,
+            # tokens of the two sequences prompt+chosen and prompt+rejected (what a
+            # trainer without prompt sharing would process): comparable across trainers
+            "n_tokens": sum(2 * len(p) + len(c) + len(r)
+                            for p, c, r in zip(prompt_ids, chosen_ids, rejected_ids, strict=True))}
+
+
+def pair_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
+    """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pairs` batch."""
+    _, width_c, width_r = batch["widths"]
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                logits_to_keep=width_c + width_r + 1, use_cache=False)
+    logits = out.logits        # (n, C1 + C2 + 1, V): positions P-1 .. end
+    # chosen token t is predicted at kept column t; rejected token 0 by the last prompt
+    # token (column 0, shared with chosen token 0), rejected token t >= 1 at C1 + t.
+    rejected_cols = torch.cat([torch.zeros(1, dtype=torch.long),
+                               torch.arange(width_c + 1, width_c + width_r)]).to(device)
+    labels = batch["input_ids"][:, -(width_c + width_r):].to(device)
+    chosen = sequence_logps(logits[:, :width_c], labels[:, :width_c],
+                            batch["chosen_mask"].to(device), average=average)
+    rejected = sequence_logps(logits[:, rejected_cols], labels[:, width_c:],
+                              batch["rejected_mask"].to(device), average=average)
+    return torch.cat([chosen, rejected])
 
 
 def completion_logps(model, batch: dict, *, average: bool = False,
