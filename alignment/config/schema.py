@@ -93,6 +93,9 @@ class DPOConfig:
     """DPO (Rafailov et al. 2023); see ALGORITHMS.md section 2."""
 
     beta: float = param(0.1, "KL strength beta of the implicit reward", gt=0.0)
+    sft_weight: float = param(0.0, "weight of an added NLL loss on the chosen response "
+                              "(per token; Pang et al. 2024 'RPO', TRL rpo_alpha); 0 = plain "
+                              "DPO", ge=0.0)
     reference: Literal["precompute", "model"] = param(
         "precompute", "reference log-probs computed once before training, or by a frozen "
         "model at every step")

@@ -26,6 +26,6 @@ class IPOTrainer(PreferenceTrainer):
     def reference_mode(self) -> str:
         return self.recipe.ipo.reference
 
-    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected):
+    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch):
         return ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                         tau=self.recipe.ipo.tau)

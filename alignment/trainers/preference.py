@@ -42,7 +42,7 @@ class PreferenceTrainer(Trainer):
     def reference_mode(self) -> str:
         raise NotImplementedError
 
-    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected):
+    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ data
@@ -84,8 +84,7 @@ class PreferenceTrainer(Trainer):
             ref = batch["ref_logps"].to(logps.device)
         else:
             ref = self._reference_logps(batch)
-        loss, metrics = self.preference_loss(logps[:n], logps[n:], ref[:n], ref[n:])
-        return loss, metrics
+        return self.preference_loss(logps[:n], logps[n:], ref[:n], ref[n:], batch)
 
     # ------------------------------------------------------------------ reference
     def before_training(self) -> None:
