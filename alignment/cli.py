@@ -3,6 +3,8 @@
   alignment check RECIPE [key=value ...]     validate, print the resolved recipe (no model)
   alignment train RECIPE [key=value ...]     run it (also: accelerate launch RECIPE)
   alignment eval --model M --data FILE       greedy exact-answer accuracy, JSON + table
+  alignment score --scorer NAME | --reward-model DIR --input F --output F
+                                             add rewards to a jsonl file (streaming)
   alignment model NAME                       resolve a model name to a local folder
 
 User errors (bad recipe, bad data, unknown model) print one clear message and exit 2.
@@ -61,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSON result path (default: <model dir>/eval.json or eval.json)")
     ev.set_defaults(run=_eval)
 
+    sc = sub.add_parser("score", help="add rewards to a jsonl file of prompt/completion rows")
+    which = sc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scorer", help="built-in name (exact_answer, math_equiv, regex, "
+                       "python_tests) or package.module:Name")
+    which.add_argument("--reward-model", help="folder of a trained reward model")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="scorer option, e.g. --set pattern='#### \\d+'")
+    sc.add_argument("--input", required=True)
+    sc.add_argument("--output", required=True)
+    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--prompt-column", default="prompt")
+    sc.add_argument("--completion-column", default="completion")
+    sc.set_defaults(run=_score)
+
     model = sub.add_parser("model", help="resolve (and if bundled, convert) a model name")
     model.add_argument("name", nargs="?", default="smollm2-135m")
     model.set_defaults(run=_model)
@@ -108,6 +124,43 @@ def _eval(args) -> int:
         output = Path(args.model) / "eval.json" if Path(args.model).is_dir() else "eval.json"
     atomic.write_json(output, result)
     print(f"wrote {output}")
+    return 0
+
+
+def _score(args) -> int:
+    import yaml
+
+    from alignment.scoring import report, score_file
+    from reward_models import build_scorer
+
+    if args.batch_size <= 0:
+        print(f"error: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
+        return EXIT_USAGE
+    options = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --set '{item}' is not KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        loaded = yaml.safe_load(value) if value.strip() else ""
+        # YAML reads '#...' as a comment (None): keep such text as the string it is
+        options[key] = value if loaded is None and value.strip() not in ("null", "~") else loaded
+    try:
+        if args.reward_model:
+            from alignment.models import resolve_model
+
+            scorer = build_scorer("reward_model", path=resolve_model(args.reward_model),
+                                  batch_size=args.batch_size, **options)
+        else:
+            scorer = build_scorer(args.scorer, **options)
+        stats = score_file(scorer, args.input, args.output, batch_size=args.batch_size,
+                           prompt_column=args.prompt_column,
+                           completion_column=args.completion_column,
+                           progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report(stats, args.output)
     return 0
 
 

@@ -1,6 +1,15 @@
-"""Reward models and verifiers; importable without the trainers (no dependency on
-`alignment`)."""
+"""Reward models and verifiers behind one `Scorer` interface; importable on its own
+(no dependency on the `alignment` trainers).
 
+    from reward_models import build_scorer
+    result = build_scorer("exact_answer").score(prompts, completions, rows)
+    result.rewards, result.parts, result.errors
+"""
+
+from reward_models.base import Scorer, ScorerError, ScoreResult
+from reward_models.composite import CompositeScorer, Part
 from reward_models.exact_answer import extract_answer, is_correct, parse_number
+from reward_models.registry import BUILTIN, build_composite, build_scorer
 
-__all__ = ["extract_answer", "is_correct", "parse_number"]
+__all__ = ["BUILTIN", "CompositeScorer", "Part", "ScoreResult", "Scorer", "ScorerError",
+           "build_composite", "build_scorer", "extract_answer", "is_correct", "parse_number"]

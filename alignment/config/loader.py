@@ -114,6 +114,8 @@ def _apply_overrides(raw: dict, overrides: typing.Sequence[str], problems: list[
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        if value is None and text.strip() not in ("null", "~", "None"):
+            value = text  # '#...' is a YAML comment, but here the user meant the text
         node = raw
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):

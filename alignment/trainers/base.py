@@ -72,7 +72,8 @@ class Trainer:
     def example_length(self, example) -> int:
         raise NotImplementedError
 
-    def collate(self, examples: list) -> dict:
+    def collate(self, examples: list, split: str = "train") -> dict:
+        """Tensors for one micro-batch; must include `n_tokens` (for throughput logs)."""
         raise NotImplementedError
 
     def batch_weight(self, batch: dict) -> float:
