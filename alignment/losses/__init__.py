@@ -2,10 +2,11 @@
 
 from .dpo import dpo_loss
 from .ipo import ipo_loss
-from .logps import sequence_logps
+from .logps import sequence_logps, token_logps
 
 __all__ = [
     "dpo_loss",
     "ipo_loss",
     "sequence_logps",
+    "token_logps",
 ]

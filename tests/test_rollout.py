@@ -1,0 +1,152 @@
+"""The rollout engine: HF backend on tiny models; vLLM vs HF on the bundled model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignment.losses import token_logps
+from alignment.rollout import SamplingParams, logprob_gap, make_engine
+from alignment.trainers.sequences import collate_sequences
+
+
+def recompute(model, prompts, rollouts, temperature=1.0):
+    """The trainer's view: log-probs of the sampled tokens, one forward."""
+    batch = collate_sequences([prompts[i] for i in rollouts.prompt_index],
+                              rollouts.completion_ids, pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"],
+                       logits_to_keep=batch["completion_mask"].shape[1] + 1).logits[:, :-1]
+    return token_logps(logits, batch["input_ids"][:, batch["prompt_width"]:],
+                       temperature=temperature)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from alignment.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompts = [tokenizer(t, add_special_tokens=False).input_ids
+               for t in ["What is 2 + 3?", "Compute 10 - 4 please.", "x"]]
+    return model, tokenizer, prompts
+
+
+def test_hf_layout_and_groups(tiny):
+    model, tokenizer, prompts = tiny
+    engine = make_engine("hf", model=model, tokenizer=tokenizer)
+    r = engine.generate(prompts, n=3, sampling=SamplingParams(temperature=1.0,
+                                                              max_new_tokens=7, seed=0))
+    assert r.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(1 <= len(c) <= 7 for c in r.completion_ids)
+    for c, lp, reason in zip(r.completion_ids, r.logprobs, r.finish_reasons, strict=True):
+        assert len(lp) == len(c)
+        assert reason == ("stop" if c[-1] == tokenizer.eos_token_id else "length")
+        assert reason == "stop" or len(c) == 7
+    batch = r.padded(tokenizer.pad_token_id)
+    assert batch["completion_ids"].shape == (9, max(len(c) for c in r.completion_ids))
+    assert batch["completion_mask"].sum() == sum(len(c) for c in r.completion_ids)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_hf_sampling_logprobs_match_the_trainer(tiny, temperature):
+    model, tokenizer, prompts = tiny
+    engine = make_engine("hf", model=model, tokenizer=tokenizer)
+    r = engine.generate(prompts, n=4, sampling=SamplingParams(temperature=temperature,
+                                                              max_new_tokens=12, seed=1))
+    batch = r.padded(tokenizer.pad_token_id)
+    gap = logprob_gap(batch["sampling_logps"], recompute(model, prompts, r, temperature),
+                      batch["completion_mask"])
+    assert gap["rollout/logprob_gap_max"] < 1e-4, gap
+
+
+def test_hf_greedy_is_deterministic_and_prefixes_are_forced(tiny):
+    model, tokenizer, prompts = tiny
+    engine = make_engine("hf", model=model, tokenizer=tokenizer)
+    greedy = SamplingParams(temperature=0, max_new_tokens=6)
+    assert engine.generate(prompts, sampling=greedy).completion_ids == \
+        engine.generate(prompts, sampling=greedy).completion_ids
+    prefixes = [[11, 12, 13], [], [14]]
+    r = engine.generate(prompts, n=2, sampling=greedy, prefixes=prefixes)
+    for c, f, i in zip(r.completion_ids, r.forced, r.prompt_index, strict=True):
+        assert c[:len(prefixes[i])] == prefixes[i]
+        assert f == [True] * len(prefixes[i]) + [False] * (len(c) - len(prefixes[i]))
+    # the forced tokens' log-probs are the model's own (checked against a recomputation)
+    batch = r.padded(tokenizer.pad_token_id)
+    gap = logprob_gap(batch["sampling_logps"], recompute(model, prompts, r),
+                      batch["completion_mask"])
+    assert gap["rollout/logprob_gap_max"] < 1e-4
+    assert batch["forced_mask"].sum() == 2 * (3 + 0 + 1)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown rollout backend 'tgi'"):
+        make_engine("tgi", model=None, tokenizer=None)
+
+
+# ------------------------------------------------------------------ vLLM (real engine)
+
+@pytest.fixture(scope="module")
+def bundled_fp32(bundled_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from alignment.models import load_tokenizer
+
+    tokenizer = load_tokenizer(bundled_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_dir, dtype=torch.float32)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                             add_generation_prompt=True)
+               for q in ["What is 12 + 30?", "Name a colour.", "What is 7 times 8?"]]
+    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p
+               for p in prompts]
+    return model, tokenizer, prompts
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(bundled_model_dir, bundled_fp32):
+    pytest.importorskip("vllm")
+    from alignment.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(bundled_model_dir, bundled_fp32[1], dtype="float32", max_model_len=512)
+
+
+@pytest.mark.vllm
+@pytest.mark.bundled
+def test_vllm_matches_hf_then_follows_sync(vllm_engine, bundled_fp32):
+    from alignment.rollout.vllm_engine import StaleWeightsError
+
+    model, tokenizer, prompts = bundled_fp32
+    hf = make_engine("hf", model=model, tokenizer=tokenizer)
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    assert vllm_engine.generate(prompts, sampling=greedy).completion_ids == \
+        hf.generate(prompts, sampling=greedy).completion_ids
+
+    # sampling log-probs vs the trainer's recomputation (reported in bench/RESULTS.md)
+    r = vllm_engine.generate(prompts, n=4, sampling=SamplingParams(temperature=0.8,
+                                                                   max_new_tokens=16, seed=0))
+    batch = r.padded(tokenizer.pad_token_id)
+    gap = logprob_gap(batch["sampling_logps"], recompute(model, prompts, r, 0.8),
+                      batch["completion_mask"])
+    print("vLLM vs trainer log-prob gap (fp32):", gap)
+    assert gap["rollout/logprob_gap_max"] < 1e-2, gap
+
+    # change the model: the engine is now stale, and the probe says so
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for layer in model.model.layers[:4]:
+            layer.mlp.down_proj.weight.add_(0.05 * torch.randn_like(layer.mlp.down_proj.weight))
+    with pytest.raises(StaleWeightsError):
+        vllm_engine.verify(model)
+    seconds = vllm_engine.sync_weights(model)
+    print(f"sync_weights: {seconds:.2f} s, probe gap {vllm_engine.last_probe_gap:.2e}")
+    assert vllm_engine.last_probe_gap < 1e-2
+    changed = hf.generate(prompts, sampling=greedy).completion_ids
+    assert vllm_engine.generate(prompts, sampling=greedy).completion_ids == changed
+
+    prefixes = [[504, 3458], [], [30]]
+    r = vllm_engine.generate(prompts, n=2, sampling=greedy, prefixes=prefixes)
+    for c, f, i in zip(r.completion_ids, r.forced, r.prompt_index, strict=True):
+        assert c[:len(prefixes[i])] == prefixes[i] and sum(f) == len(prefixes[i])
