@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo lint data bench-dpo clean
+.PHONY: setup test test-fast demo lint data bench-dpo bench-rollout clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,6 +22,10 @@ demo: setup
 # TRL's DPOTrainer vs ours on the bundled model, same data/batch/dtype/threads, one run.
 bench-dpo: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/dpo_vs_trl.py --json bench/dpo_vs_trl.json
+
+# vLLM vs HF generate tokens/s (batch 32 and 128) and sync_weights time.
+bench-rollout: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/rollout.py --json bench/rollout.json
 
 lint: setup
 	.venv/bin/ruff check alignment reward_models tests bench data
