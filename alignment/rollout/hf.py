@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.rollout.types import Rollouts, SamplingParams
+from alignment.rollout.types import Rollouts, SamplingParams, check_request
 
 
 class HFEngine:
@@ -38,8 +38,7 @@ class HFEngine:
                  sampling: SamplingParams | None = None,
                  prefixes: list[list[int]] | None = None) -> Rollouts:
         sampling = sampling or SamplingParams()
-        if prefixes is not None and len(prefixes) != len(prompts):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        prefixes = check_request(prompts, n, prefixes)
         was_training = self.model.training
         use_cache = self.model.config.use_cache
         self.model.eval()
@@ -47,8 +46,7 @@ class HFEngine:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         # one entry per sample, prompt by prompt
-        jobs = [(i, prompts[i], (prefixes[i] if prefixes else [])) for i in range(len(prompts))
-                for _ in range(n)]
+        jobs = [(i, prompts[i], prefixes[i]) for i in range(len(prompts)) for _ in range(n)]
         completions, logprobs, reasons, forced = [], [], [], []
         for start in range(0, len(jobs), self.batch_size):
             c, lp, r, f = self._generate_batch(jobs[start:start + self.batch_size], sampling)

@@ -34,6 +34,20 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def check_request(prompts: list[list[int]], n: int, prefixes: list[list[int]] | None
+                  ) -> list[list[int]]:
+    """Validate a generate() call; return one (possibly empty) prefix per prompt."""
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if prefixes is None:
+        return [[] for _ in prompts]
+    if len(prefixes) != len(prompts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+    return [list(p) for p in prefixes]
+
+
 @dataclass
 class Rollouts:
     prompt_ids: list[list[int]]            # one per prompt

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from alignment.rollout.types import Rollouts, SamplingParams
+from alignment.rollout.types import Rollouts, SamplingParams, check_request
 
 PROBE = [1, 504, 3458, 282, 253, 1345, 30, 198, 504, 3458]   # any fixed in-vocabulary ids
 
@@ -62,9 +62,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         sampling = sampling or SamplingParams()
-        if prefixes is not None and len(prefixes) != len(prompts):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
-        prefixes = prefixes or [[] for _ in prompts]
+        prefixes = check_request(prompts, n, prefixes)
         # vLLM refuses n > 1 with greedy decoding: repeat the prompt instead
         repeat, n = (n, 1) if sampling.greedy else (1, n)
         params = VLLMSampling(

@@ -15,6 +15,7 @@ writes files. Subclasses implement `load_examples`, `example_length`, `collate`,
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import sys
@@ -36,7 +37,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
 
 
-class Trainer:
+class Trainer(abc.ABC):
     def __init__(self, recipe: Recipe, recipe_path: str | None = None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -66,24 +67,27 @@ class Trainer:
         self.nan_streak = 0
 
     # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
     def load_examples(self, path: str, limit: int | None, split: str) -> list:
-        raise NotImplementedError
+        """Read, validate and tokenise a data file."""
 
+    @abc.abstractmethod
     def example_length(self, example) -> int:
-        raise NotImplementedError
+        """Tokens the example occupies (for length-grouped batching)."""
 
+    @abc.abstractmethod
     def collate(self, examples: list, split: str = "train") -> dict:
         """Tensors for one micro-batch; must include `n_tokens` (for throughput logs)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def batch_weight(self, batch: dict) -> float:
         """How much this micro-batch counts in the step's mean (pairs, sequences, tokens)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """(0-dim loss averaged over the micro-batch, metrics)."""
 
-    def before_training(self) -> None:
+    def before_training(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Work done once before the first step (e.g. reference log-probs)."""
 
     # ------------------------------------------------------------------ model

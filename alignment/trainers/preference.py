@@ -13,6 +13,7 @@ log-probs are either
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from dataclasses import dataclass
@@ -39,11 +40,13 @@ class PreferenceTrainer(Trainer):
     average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
 
     @property
+    @abc.abstractmethod
     def reference_mode(self) -> str:
-        raise NotImplementedError
+        """'precompute' or 'model' (see the module docstring)."""
 
+    @abc.abstractmethod
     def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch):
-        raise NotImplementedError
+        """The algorithm's loss on (B,) sequence log-probs: (loss, metrics)."""
 
     # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
