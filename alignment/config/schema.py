@@ -114,6 +114,14 @@ class IPOConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """Bradley-Terry reward model on preference pairs (a 1-output classification head)."""
+
+    center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
+                                 "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
+
+
+@dataclass
 class EvalConfig:
     """Generation eval (greedy exact-answer accuracy) run by `alignment eval` / the demo."""
 
@@ -141,14 +149,14 @@ class LoggingConfig:
     progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
 
 
-ALGORITHMS = ("dpo", "ipo")
+ALGORITHMS = ("dpo", "ipo", "reward_model")
 
 
 @dataclass
 class Recipe:
     """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
 
-    algorithm: Literal["dpo", "ipo"] = param(help="the trainer to run")
+    algorithm: Literal["dpo", "ipo", "reward_model"] = param(help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
     model: ModelConfig = section(ModelConfig)
@@ -156,6 +164,7 @@ class Recipe:
     trainer: TrainerConfig = section(TrainerConfig)
     dpo: DPOConfig = section(DPOConfig)
     ipo: IPOConfig = section(IPOConfig)
+    reward_model: RewardModelConfig = section(RewardModelConfig)
     eval: EvalConfig = section(EvalConfig)
     launch: LaunchConfig = section(LaunchConfig)
     logging: LoggingConfig = section(LoggingConfig)

@@ -9,6 +9,7 @@ from alignment.config import ConfigError, Recipe
 TRAINERS: dict[str, str] = {
     "dpo": "alignment.trainers.dpo:DPOTrainer",
     "ipo": "alignment.trainers.ipo:IPOTrainer",
+    "reward_model": "alignment.trainers.reward_model:RewardModelTrainer",
 }
 
 

@@ -36,19 +36,9 @@ class Pair:
     where: str
 
 
-class PreferenceTrainer(Trainer):
-    average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
+class PairData:
+    """Preference pairs as training examples (shared with the reward-model trainer)."""
 
-    @property
-    @abc.abstractmethod
-    def reference_mode(self) -> str:
-        """'precompute' or 'model' (see the module docstring)."""
-
-    @abc.abstractmethod
-    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch):
-        """The algorithm's loss on (B,) sequence log-probs: (loss, metrics)."""
-
-    # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
         d = self.recipe.data
         examples = load_examples(path, "preference", limit)
@@ -67,6 +57,23 @@ class PreferenceTrainer(Trainer):
     def example_length(self, pair: Pair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
+    def batch_weight(self, batch: dict) -> float:
+        return batch["n_pairs"]
+
+
+class PreferenceTrainer(PairData, Trainer):
+    average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
+
+    @property
+    @abc.abstractmethod
+    def reference_mode(self) -> str:
+        """'precompute' or 'model' (see the module docstring)."""
+
+    @abc.abstractmethod
+    def preference_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch):
+        """The algorithm's loss on (B,) sequence log-probs: (loss, metrics)."""
+
+    # ------------------------------------------------------------------ data
     def collate(self, pairs: list[Pair], split: str = "train") -> dict:
         batch = collate_pairs([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
                               [p.rejected_ids for p in pairs], self.tokenizer.pad_token_id)
@@ -75,9 +82,6 @@ class PreferenceTrainer(Trainer):
             idx = torch.tensor([p.index for p in pairs])
             batch["ref_logps"] = torch.cat([table[idx, 0], table[idx, 1]])   # (2B,)
         return batch
-
-    def batch_weight(self, batch: dict) -> float:
-        return batch["n_pairs"]
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
