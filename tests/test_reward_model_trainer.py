@@ -46,15 +46,17 @@ def test_reward_model_trainer_learns_and_exports(tmp_path, tiny_model_dir):
         "algorithm": "reward_model", "output_dir": str(tmp_path / "rm"),
         "model": {"name": tiny_model_dir, "dtype": "float32"},
         "data": {"train": str(data), "eval": str(data)},
-        "trainer": {"batch_size": 8, "lr": 3e-3, "max_steps": 20, "save_every": None,
+        "trainer": {"batch_size": 8, "lr": 3e-3, "max_steps": 40, "save_every": None,
                     "scheduler": "constant"},
         "logging": {"tensorboard": False, "progress_bar": False}})
     trainer = RewardModelTrainer(recipe)
     before = trainer.evaluate_loss()
     summary = trainer.train()
     after = summary["final_eval"]
-    assert after["eval/loss"] < before["eval/loss"] - 0.1, (before, after)
-    assert after["eval/rewards/accuracy"] >= 0.9
+    # fitting 16 pairs: 4 seeds x {20, 40} steps gave accuracy 0.81-1.0, loss 0.69 -> <= 0.67
+    # (20 steps) / <= 0.38 (40 steps); the bounds leave room for CPU numerics
+    assert after["eval/loss"] < before["eval/loss"] - 0.2, (before, after)
+    assert after["eval/rewards/accuracy"] >= 0.75
 
     from reward_models import build_scorer
 
@@ -62,4 +64,4 @@ def test_reward_model_trainer_learns_and_exports(tmp_path, tiny_model_dir):
     scorer = build_scorer("reward_model", path=str(tmp_path / "rm" / "final"), batch_size=4)
     chosen = scorer.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]).rewards
     rejected = scorer.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs]).rewards
-    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) >= 14
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) >= 12
