@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo lint data bench-dpo bench-rollout clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout clean
 
 setup:
 	bash scripts/setup.sh
@@ -15,13 +15,21 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not bundled and not vllm and not slow" $(PYTEST_ARGS)
 
-# The main job on the bundled default.
+# The main job on the bundled default: the GRPO showcase (recipes/grpo.yaml, ~25 min).
 demo: setup
 	bash scripts/demo.sh
+
+# DPO on the shipped preference pairs (recipes/dpo.yaml, ~10 min).
+demo-dpo: setup
+	bash scripts/demo.sh recipes/dpo.yaml
 
 # TRL's DPOTrainer vs ours on the bundled model, same data/batch/dtype/threads, one run.
 bench-dpo: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/dpo_vs_trl.py --json bench/dpo_vs_trl.json
+
+# TRL's GRPOTrainer vs ours, same GRPO configuration, one run.
+bench-grpo: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/grpo_vs_trl.py --json bench/grpo_vs_trl.json
 
 # vLLM vs HF generate tokens/s (batch 32 and 128) and sync_weights time.
 bench-rollout: setup

@@ -166,6 +166,20 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def set_default_system_prompt(tokenizer, text: str) -> None:
+    """Make `text` the system message the tokenizer's chat template adds when a
+    conversation has none, so an exported model is prompted the way it was trained by
+    anything that applies its chat template (`alignment eval`, vLLM, transformers)."""
+    import json
+
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template to carry a system prompt")
+    head = ("{%- if messages and messages[0]['role'] != 'system' -%}"
+            "{%- set messages = [{'role': 'system', 'content': " + json.dumps(text) + "}]"
+            " + messages -%}{%- endif -%}")
+    tokenizer.chat_template = head + tokenizer.chat_template
+
+
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 

@@ -18,6 +18,7 @@ Layout written under ``data/arithmetic/``::
     sft_plain/{train,test}.jsonl        {"prompt", "completion", "answer", "task"}
     preference/{train,test}.jsonl       {"prompt", "chosen", "rejected", "answer", "task", "error"}
     preference_chat/{train,test}.jsonl  same, TRL conversational preference format
+    add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
 
 All five formats of one split hold the same problems with the same prompts, in the same order.
 """
@@ -531,6 +532,10 @@ def build_files(examples=None):
     for fmt in FORMATS:
         for split in SPLITS:
             files["%s/%s.jsonl" % (fmt, split)] = to_jsonl(format_row(fmt, ex) for ex in examples[split])
+    # the GRPO showcase's task alone: the add2 rows of rl/, same prompts, same order
+    for split in SPLITS:
+        files["add2/%s.jsonl" % split] = to_jsonl(format_row("rl", ex) for ex in examples[split]
+                                                  if ex["task"] == "add2")
     return files
 
 

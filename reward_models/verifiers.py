@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reward_models.base import Scorer
-from reward_models.exact_answer import is_correct
+from reward_models.exact_answer import extract_answer, is_correct, parse_number
 
 
 def _reference(row: Mapping[str, Any], column: str, scorer: str) -> Any:
@@ -29,6 +29,32 @@ class ExactAnswerScorer(Scorer):
 
     def score_one(self, prompt, completion, row):
         return float(is_correct(completion, _reference(row, self.answer_column, self.name)))
+
+
+class DigitMatchScorer(Scorer):
+    """Partial credit for integer answers: the share of digit positions (aligned from the
+    right, the longer number's length) where the completion's final number agrees with the
+    row's answer; halved on a sign mismatch. 136 vs 136 -> 1, 130 -> 2/3, 36 -> 2/3, none
+    -> 0. A dense shaping term for RL on arithmetic, where an exact-match reward alone is
+    too rare for a weak model to learn from; pair it with `exact_answer`."""
+
+    name = "digit_match"
+
+    def __init__(self, answer_column: str = "answer"):
+        self.answer_column = answer_column
+
+    def score_one(self, prompt, completion, row):
+        answer = parse_number(_reference(row, self.answer_column, self.name))
+        found = extract_answer(completion)
+        predicted = parse_number(found) if found is not None else None
+        if predicted is None or answer is None or predicted.denominator != 1 \
+                or answer.denominator != 1:
+            return 0.0
+        want, got = str(abs(answer.numerator)), str(abs(predicted.numerator))
+        width = max(len(want), len(got))
+        same = sum(a == b for a, b in zip(want.rjust(width), got.rjust(width), strict=True))
+        sign = 1.0 if (answer < 0) == (predicted < 0) else 0.5
+        return sign * same / width
 
 
 class MathEquivScorer(Scorer):

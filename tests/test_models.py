@@ -120,3 +120,19 @@ def test_training_output_dir_resolves_to_its_final_model(tmp_path):
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path)) == str(tmp_path / "final")
+
+
+def test_default_system_prompt_in_the_exported_chat_template(tokenizer):
+    import copy
+
+    from alignment.data import render_prompt
+    from alignment.models import set_default_system_prompt
+
+    text = 'Give only the "final" number.\nNo words.'
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    explicit = render_prompt(tokenizer, user, system_prompt=text)
+    carried = copy.deepcopy(tokenizer)
+    set_default_system_prompt(carried, text)
+    assert render_prompt(carried, user) == explicit
+    own = [{"role": "system", "content": "Other."}, *user]
+    assert render_prompt(carried, own) == render_prompt(tokenizer, own)   # not overridden

@@ -33,6 +33,26 @@ def test_math_equiv(completion, answer, ok):
                                             ).rewards == [float(ok)]
 
 
+@pytest.mark.parametrize("completion, answer, expected", [
+    ("The answer is 136.", 136, 1.0), ("130", 136, 2 / 3), ("so 36", 136, 2 / 3),
+    ("1136", 136, 3 / 4), ("#### -136", 136, 0.5), ("no number", 136, 0.0),
+    ("2.5", 136, 0.0), ("-12", -12, 1.0),
+])
+def test_digit_match_partial_credit(completion, answer, expected):
+    assert build_scorer("digit_match").score(["q"], [completion], [{"answer": answer}]
+                                             ).rewards == [pytest.approx(expected)]
+
+
+def test_function_scorer_that_raises_is_narrowed_to_its_sample(tmp_path, monkeypatch):
+    (tmp_path / "buggy_rewards.py").write_text(
+        "def picky(prompts, completions, rows):\n"
+        "    return [1.0 / len(c) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = build_scorer("buggy_rewards:picky").score(["q"] * 3, ["ab", "", "abcd"])
+    assert result.rewards == [0.5, 0.0, 0.25]
+    assert result.errors[0] is None and "sample 1: ZeroDivisionError" in result.errors[1]
+
+
 def test_regex_format_check():
     scorer = build_scorer("regex", pattern=r"#### -?\d+\s*$")
     assert scorer.score(["q", "q"], ["2 + 3 = 5\n#### 5", "it is five"]).rewards == [1.0, 0.0]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config.schema import ALGORITHMS, Recipe
+from alignment.config.schema import ALGORITHMS, ONLINE, ONLINE_SECTIONS, Recipe
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,10 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         if other != algorithm and other in raw and algorithm in ALGORITHMS:
             problems.append(f"section '{other}' does not apply to algorithm '{algorithm}' "
                             f"(put its hyper-parameters under '{algorithm}:')")
+    for online_only in ONLINE_SECTIONS:
+        if online_only in raw and algorithm in ALGORITHMS and algorithm not in ONLINE:
+            problems.append(f"section '{online_only}' applies to online algorithms only "
+                            f"({', '.join(ONLINE)}), not '{algorithm}'")
     recipe = _build(Recipe, raw, "", problems)
     if not problems:
         _check_paths(recipe, "", Path(base_dir), problems)
@@ -68,6 +72,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     data = dataclasses.asdict(recipe)
     for name in ALGORITHMS:
         if name != recipe.algorithm:
+            data.pop(name, None)
+    if recipe.algorithm not in ONLINE:
+        for name in ONLINE_SECTIONS:
             data.pop(name, None)
     return data
 
@@ -204,6 +211,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise _BadValue(f"expected a list of {_type_name(item_tp)}")
         return [_coerce(v, item_tp) for v in value]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise _BadValue("expected a mapping")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise _BadValue("expected true or false")
@@ -273,6 +284,10 @@ def _check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
     if d.max_prompt_length >= d.max_length:
         problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
                         f"data.max_length ({d.max_length}) to leave room for the completion")
+    if recipe.algorithm in ONLINE:
+        from reward_models.registry import check_specs
+
+        problems.extend(check_specs(recipe.rewards))
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
 

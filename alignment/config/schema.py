@@ -77,10 +77,12 @@ class TrainerConfig:
     max_grad_norm: float | None = param(1.0, "clip the global grad norm; null = no clipping",
                                         gt=0.0)
     seed: int = param(42, "seed for data order and initialisation", ge=0)
-    threads: int | None = param(None, "torch CPU threads; null = all cores", gt=0)
+    threads: int | None = param(None, "torch CPU threads per process; null = the machine's "
+                                "cores / processes on it", gt=0)
     log_every: int = param(1, "log metrics every N optimizer steps", gt=0)
-    eval_every: int | None = param(None, "eval loss on data.eval every N steps; null = only "
-                                   "at the end", gt=0)
+    eval_every: int | None = param(None, "eval on data.eval every N steps (and at step 0): "
+                                   "held-out loss, or for online trainers greedy accuracy "
+                                   "through the rollout engine; null = only at the end", gt=0)
     save_every: int | None = param(50, "checkpoint every N steps; null = only at the end",
                                    gt=0)
     keep_checkpoints: int = param(2, "checkpoints kept on disk (oldest removed)", ge=1)
@@ -122,6 +124,58 @@ class RewardModelConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """GRPO (Shao et al. 2024) and its DAPO / Dr. GRPO variants; ALGORITHMS.md section 8.
+    One step = `prompts_per_step` prompts x `num_generations` samples, scored, then
+    `iterations` optimizer updates on that batch (micro-batches of trainer.batch_size)."""
+
+    prompts_per_step: int = param(8, "prompts sampled per step (per process)", gt=0)
+    num_generations: int = param(8, "samples per prompt G (the group)", ge=2)
+    beta: float = param(0.0, "k3 KL coefficient in the loss (paper 0.04); 0 = no reference "
+                        "model is loaded", ge=0.0)
+    clip_low: float = param(0.2, "clip range below 1 for the ratio (epsilon / epsilon_low)",
+                            ge=0.0, le=1.0)
+    clip_high: float = param(0.2, "clip range above 1 (DAPO's clip-higher: 0.28)", ge=0.0)
+    aggregation: Literal["grpo", "token_mean", "dr_grpo"] = param(
+        "grpo", "loss reduction: grpo = mean of per-sequence token means (paper), "
+        "token_mean = over all tokens of the step (DAPO), dr_grpo = sum / (samples x "
+        "rollout.max_new_tokens) (Dr. GRPO)")
+    scale_rewards: bool = param(True, "divide advantages by the group's std (false = Dr. "
+                                "GRPO's mean-only advantages)")
+    std_eps: float = param(1e-4, "added to the group std", ge=0.0)
+    iterations: int = param(1, "optimizer updates per rollout batch (mu); > 1 computes "
+                            "pi_old once and clips", ge=1)
+    dynamic_sampling: bool = param(False, "DAPO: drop groups whose rewards are all equal and "
+                                   "sample more prompts to refill the batch")
+    max_sampling_rounds: int = param(3, "dynamic sampling: generation rounds per step at most",
+                                     ge=1)
+    overlong_cache: int = param(0, "DAPO soft overlong punishment: the last N tokens of "
+                                "rollout.max_new_tokens ramp the reward down to -1; 0 = off",
+                                ge=0)
+    mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
+                                 "loss (DAPO's overlong filtering)")
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout engine used by online trainers (`alignment.rollout`)."""
+
+    backend: Literal["auto", "vllm", "hf"] = param(
+        "auto", "vllm where installed (in-process), else transformers generate")
+    temperature: float = param(1.0, "sampling temperature (log-probs use the same one)",
+                               gt=0.0)
+    top_p: float = param(1.0, "nucleus sampling", gt=0.0, le=1.0)
+    top_k: int = param(0, "top-k sampling; 0 = off", ge=0)
+    max_new_tokens: int = param(64, "completion budget per sample", gt=0)
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = param(
+        "auto", "engine dtype (vllm); auto = the policy's dtype")
+    kv_cache_gb: float = param(1.0, "vllm on CPU: KV-cache memory (GiB)", gt=0.0)
+    gpu_memory_utilization: float = param(0.3, "vllm on CUDA: fraction of GPU memory the "
+                                          "engine may take (the rest is for training)",
+                                          gt=0.0, le=1.0)
+
+
+@dataclass
 class EvalConfig:
     """Generation eval (greedy exact-answer accuracy) run by `alignment eval` / the demo."""
 
@@ -149,14 +203,16 @@ class LoggingConfig:
     progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
 
 
-ALGORITHMS = ("dpo", "ipo", "reward_model")
+ALGORITHMS = ("dpo", "ipo", "reward_model", "grpo")
+ONLINE = ("grpo",)                        # algorithms that sample from the policy
+ONLINE_SECTIONS = ("rollout", "rewards")  # recipe sections only they use
 
 
 @dataclass
 class Recipe:
     """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
 
-    algorithm: Literal["dpo", "ipo", "reward_model"] = param(help="the trainer to run")
+    algorithm: Literal["dpo", "ipo", "reward_model", "grpo"] = param(help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
     model: ModelConfig = section(ModelConfig)
@@ -165,6 +221,13 @@ class Recipe:
     dpo: DPOConfig = section(DPOConfig)
     ipo: IPOConfig = section(IPOConfig)
     reward_model: RewardModelConfig = section(RewardModelConfig)
+    grpo: GRPOConfig = section(GRPOConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    rewards: list[dict] = param(
+        default_factory=lambda: [{"name": "exact_answer"}],
+        help="online trainers: reward parts, each {name, weight (1), constraint (false), "
+             "label, scorer options...}; name = a built-in (exact_answer, math_equiv, regex, "
+             "python_tests, reward_model) or 'package.module:Name'")
     eval: EvalConfig = section(EvalConfig)
     launch: LaunchConfig = section(LaunchConfig)
     logging: LoggingConfig = section(LoggingConfig)

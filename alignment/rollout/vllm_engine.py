@@ -6,9 +6,11 @@ tensors directly — no disk round-trip — through the model runner's `reload_w
 (the per-tensor `load_weights` path fails on vLLM's CPU backend, which repacks weights).
 A LoRA policy is merged on the fly for the copy and unmerged afterwards.
 
-After every sync a probe compares the engine's log-probs of a fixed token sequence with
-the trainer model's own: if they disagree, the update did not take effect and we stop
-instead of training on samples from stale weights.
+After every sync a probe compares the engine's log-probs of a fixed sentence with the
+trainer model's own (mean absolute gap over its tokens): if they disagree, the update did
+not take effect and we stop instead of training on samples from stale weights. The mean,
+not the max, because bf16 kernels differ by up to ~1 nat on single unlikely tokens while
+a stale or garbled load shifts every token.
 
 Log-probs are vLLM's "processed" ones (after temperature / top-k / top-p), i.e. the
 distribution actually sampled from, as with the `hf` backend.
@@ -16,6 +18,8 @@ distribution actually sampled from, as with the `hf` backend.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 
@@ -23,7 +27,8 @@ import torch
 
 from alignment.rollout.types import Rollouts, SamplingParams, check_request
 
-PROBE = [1, 504, 3458, 282, 253, 1345, 30, 198, 504, 3458]   # any fixed in-vocabulary ids
+PROBE_TEXT = ("The quick brown fox jumps over the lazy dog. Question: what is 12 + 35? "
+              "Answer: 12 + 35 = 47, so the answer is 47.")
 
 
 class StaleWeightsError(RuntimeError):
@@ -38,6 +43,7 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.3, seed: int = 0,
                  probe_tolerance: float | None = None):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # its INFO lines drown ours
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gb))))
         from vllm import LLM
 
@@ -49,8 +55,10 @@ class VLLMEngine:
                        **kwargs)
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
-        # engine and trainer kernels differ: ~1e-5 nats apart in fp32, up to ~0.3 in bf16
-        self.probe_tolerance = probe_tolerance or (1e-2 if dtype == "float32" else 0.5)
+        self.probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        # engine and trainer kernels differ: ~1e-6 nats apart on average in fp32, a few
+        # hundredths in bf16; a stale load is off by far more on the probe's easy tokens
+        self.probe_tolerance = probe_tolerance or (1e-3 if dtype == "float32" else 0.15)
         self.last_probe_gap: float | None = None
         self._synced_probe: torch.Tensor | None = None   # trainer's probe at the last sync
 
@@ -100,7 +108,8 @@ class VLLMEngine:
         """Copy `model`'s current weights into the engine; verify; return seconds taken."""
         start = time.perf_counter()
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        with torch.no_grad(), _merged(model) as weights:
+        with torch.no_grad(), _merged(model) as weights, _quiet_vllm():
+            # (vLLM warns on every reload that rotary embeddings have no weights to load)
             runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
         self.llm.reset_prefix_cache()
         seconds = time.perf_counter() - start
@@ -112,21 +121,21 @@ class VLLMEngine:
         engine = self.probe_logps()
         with torch.no_grad(), _eval(model):
             device = next(model.parameters()).device
-            ids = torch.tensor([PROBE], device=device)
+            ids = torch.tensor([self.probe], device=device)
             logits = model(input_ids=ids).logits[0, :-1].float()
             expected = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
-        self.last_probe_gap = float((engine - expected).abs().max())
+        self.last_probe_gap = float((engine - expected).abs().mean())
         stale = self.last_probe_gap > self.probe_tolerance
         if self._synced_probe is not None and not stale:
             # below the tolerance, but closer to the previous weights than to the new ones?
-            moved = float((expected - self._synced_probe).abs().max())
-            to_old = float((engine - self._synced_probe).abs().max())
+            moved = float((expected - self._synced_probe).abs().mean())
+            to_old = float((engine - self._synced_probe).abs().mean())
             stale = moved > self.probe_tolerance and to_old < self.last_probe_gap
         if stale:
             raise StaleWeightsError(
-                f"the engine's log-probs differ from the trainer's by up to "
-                f"{self.last_probe_gap:.3f} nats (tolerance {self.probe_tolerance}): the "
-                "engine is not sampling from the weights being trained")
+                f"the engine's log-probs differ from the trainer's by {self.last_probe_gap:.3f} "
+                f"nats per token on the probe (tolerance {self.probe_tolerance}): the engine "
+                "is not sampling from the weights being trained")
         self._synced_probe = expected
         return self.last_probe_gap
 
@@ -134,10 +143,10 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=PROBE)],
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=self.probe)],
                                 VLLMSampling(max_tokens=1, prompt_logprobs=0, temperature=0),
                                 use_tqdm=False)[0]
-        return torch.tensor(_prefix_logps(out.prompt_logprobs, PROBE, len(PROBE) - 1))
+        return torch.tensor(_prefix_logps(out.prompt_logprobs, self.probe, len(self.probe) - 1))
 
 
 def _prefix_logps(prompt_logprobs, prompt_ids, k: int) -> list[float]:
@@ -172,6 +181,17 @@ class _merged:
         if self.peft:
             self.model.unmerge_adapter()
         return False
+
+
+@contextlib.contextmanager
+def _quiet_vllm():
+    log = logging.getLogger("vllm")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class _eval:

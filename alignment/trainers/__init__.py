@@ -10,6 +10,7 @@ TRAINERS: dict[str, str] = {
     "dpo": "alignment.trainers.dpo:DPOTrainer",
     "ipo": "alignment.trainers.ipo:IPOTrainer",
     "reward_model": "alignment.trainers.reward_model:RewardModelTrainer",
+    "grpo": "alignment.trainers.grpo:GRPOTrainer",
 }
 
 

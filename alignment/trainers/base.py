@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,10 +28,28 @@ import torch
 
 from alignment import atomic
 from alignment.config import Recipe, dump_recipe
-from alignment.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model
+from alignment.models import (
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model,
+    set_default_system_prompt,
+)
 from alignment.trainers import batching, checkpoint
 from alignment.trainers.logger import MetricsLogger
 from alignment.trainers.optim import MasterWeightOptimizer, build_scheduler
+
+
+def set_threads(threads: int | None) -> int:
+    """torch CPU threads for this process: `threads`, or this machine's cores shared among
+    its processes. Always set explicitly: `accelerate launch` exports OMP_NUM_THREADS=1,
+    which would otherwise leave a single-process CPU run on one core (half the speed on 2)."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)   # for engines started later (vLLM CPU)
+    return threads
 
 
 class TrainingError(RuntimeError):
@@ -44,8 +63,7 @@ class Trainer(abc.ABC):
 
         self.recipe, self.cfg = recipe, recipe.trainer
         self.recipe_path = recipe_path
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        self.threads = set_threads(self.cfg.threads)
         self.accelerator = Accelerator()
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -123,6 +141,9 @@ class Trainer(abc.ABC):
         self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
                   f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
                   f"{self.world} process(es), {self.dtype}) -> {self.output_dir}")
+        initial = self.evaluate_loss() if self.step == 0 and self.cfg.eval_every else {}
+        if initial:
+            logger.log(0, initial)   # the curves start from the base model
         start = time.perf_counter()
         tokens_seen = 0
         while self.step < self.total_steps:
@@ -154,14 +175,28 @@ class Trainer(abc.ABC):
     def _train_step(self) -> dict:
         t0 = time.perf_counter()
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        plan = self._plan(epoch)
-        micro = batching.step_batches(plan, in_epoch, grad_accum=self.cfg.grad_accum,
+        micro = batching.step_batches(self._plan(epoch), in_epoch, grad_accum=self.cfg.grad_accum,
                                       processes=self.world, rank=self.rank)
         batches = [self.collate([self.train_set[i] for i in mb]) for mb in micro]
+        metrics = self.update(batches)
+        self.advance_schedule()
+        seconds = time.perf_counter() - t0
+        tokens = int(self._sum_across_processes(sum(b["n_tokens"] for b in batches)))
+        metrics.update({"epoch": epoch + (in_epoch + 1) / self.steps_per_epoch,
+                        "step_seconds": seconds, "tokens": tokens,
+                        "tokens_per_s": tokens / seconds})
+        return metrics
+
+    def update(self, batches: list[dict]) -> dict:
+        """One optimizer step over `batches` (gradient accumulation): the loss is the exact
+        weighted mean over all micro-batches of all processes. A non-finite loss skips the
+        step (counted; `trainer.max_nan_steps` in a row stop the run)."""
         weights = [float(self.batch_weight(b)) for b in batches]
         total = self._sum_across_processes(sum(weights))
+        if total <= 0:
+            raise TrainingError(f"step {self.step + 1}: the batch has nothing to train on "
+                                "(zero weight on every process)")
         sums: dict[str, float] = {}
-        tokens = 0
         self.model.train()
         for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
             last = i == len(batches) - 1
@@ -173,21 +208,20 @@ class Trainer(abc.ABC):
                 self.accelerator.backward(loss * (weight * self.world / total))
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
-            tokens += batch["n_tokens"]
-        metrics = {k: v / sum(weights) for k, v in sums.items()}
+        local = sum(weights)
+        metrics = {k: v / local for k, v in sums.items()} if local else {}
         metrics = self._mean_across_processes(metrics)
-        if not math.isfinite(metrics["loss"]):
+        if not math.isfinite(metrics.get("loss", 0.0)):
             return self._skip_step(metrics)
         self.nan_streak = 0
         metrics["grad_norm"] = self.optim.step()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        seconds = time.perf_counter() - t0
-        tokens = int(self._sum_across_processes(tokens))
-        metrics.update({"epoch": epoch + (in_epoch + 1) / self.steps_per_epoch,
-                        "step_seconds": seconds, "tokens": tokens,
-                        "tokens_per_s": tokens / seconds})
         return metrics
+
+    def advance_schedule(self) -> None:
+        with warnings.catch_warnings():  # the schedule follows the step count, stepped or not
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
 
     def _skip_step(self, metrics: dict) -> dict:
         self.optim.zero_grad()
@@ -199,9 +233,6 @@ class Trainer(abc.ABC):
             raise TrainingError(f"{self.nan_streak} non-finite losses in a row (trainer."
                                 f"max_nan_steps={self.cfg.max_nan_steps}); last metrics: "
                                 f"{metrics}. Try a lower trainer.lr or model.dtype=float32.")
-        with warnings.catch_warnings():  # the schedule follows the step count, stepped or not
-            warnings.simplefilter("ignore", UserWarning)
-            self.scheduler.step()
         return {**metrics, "skipped": 1.0}
 
     # ------------------------------------------------------------------ evaluation
@@ -279,10 +310,22 @@ class Trainer(abc.ABC):
                     model.save_pretrained(tmp / "adapter")
                     model = model.merge_and_unload()
                 model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
+                self._export_tokenizer().save_pretrained(tmp)
                 (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
             self._say(f"saved {self.output_dir / 'final'}")
         self.accelerator.wait_for_everyone()
+
+    def _export_tokenizer(self):
+        """The tokenizer, its chat template carrying data.system_prompt as the default
+        system message: the exported model is then prompted as it was trained."""
+        d = self.recipe.data
+        if not (d.system_prompt and d.chat_template and self.tokenizer.chat_template):
+            return self.tokenizer
+        import copy
+
+        tokenizer = copy.deepcopy(self.tokenizer)
+        set_default_system_prompt(tokenizer, d.system_prompt)
+        return tokenizer
 
     def _resume(self) -> None:
         if self.is_main:

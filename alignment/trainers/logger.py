@@ -10,7 +10,8 @@ from pathlib import Path
 from alignment import atomic
 
 # shown in the progress bar, in this order, when present
-BAR_KEYS = ("loss", "rewards/margin", "rewards/accuracy", "eval/loss")
+BAR_KEYS = ("loss", "rewards/margin", "rewards/accuracy", "reward", "accuracy",
+            "completion_length", "step_seconds", "eval/loss", "eval/accuracy")
 
 
 class MetricsLogger:
@@ -52,11 +53,10 @@ class MetricsLogger:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
         if self.bar is not None:
-            shown = {k.split("/")[-1] if k != "eval/loss" else "eval": f"{row[k]:.4g}"
-                     for k in BAR_KEYS if k in row}
+            shown = {_short(k): f"{row[k]:.4g}" for k in BAR_KEYS if k in row}
             self.bar.set_postfix(shown, refresh=False)
         else:
-            text = " ".join(f"{k}={row[k]:.4g}" for k in ("loss", *BAR_KEYS[1:]) if k in row)
+            text = " ".join(f"{_short(k)}={row[k]:.4g}" for k in BAR_KEYS if k in row)
             print(f"step {step}: {text}", file=sys.stderr, flush=True)
 
     def advance(self, steps: int = 1) -> None:
@@ -75,14 +75,20 @@ class MetricsLogger:
             plot_curves(self.history, self.dir / "curves.png")
 
 
+def _short(key: str) -> str:
+    return {"eval/loss": "eval", "eval/accuracy": "eval_acc", "completion_length": "len",
+            "step_seconds": "s/step"}.get(key, key.split("/")[-1])
+
+
 def plot_curves(history: list[dict], path: Path, max_panels: int = 6) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("loss", "eval/loss", "rewards/margin", "rewards/accuracy",
-                        "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
+    keys = [k for k in ("eval/accuracy", "reward", "accuracy", "completion_length", "loss",
+                        "eval/loss", "rewards/margin", "rewards/accuracy", "rewards/chosen",
+                        "rewards/rejected", "kl", "lr", "grad_norm")
             if any(k in r for r in history)][:max_panels]
     if not keys:
         return

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses import sequence_logps
+from alignment.losses import sequence_logps, token_logps
 
 
 def collate_sequences(prompts: list[list[int]], completions: list[list[int]],
@@ -107,6 +107,20 @@ def pair_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
 def completion_logps(model, batch: dict, *, average: bool = False,
                      temperature: float = 1.0) -> torch.Tensor:
     """(rows,) log π(completion | prompt): summed over completion tokens (or averaged)."""
+    logits, labels = _completion_logits(model, batch)
+    return sequence_logps(logits, labels, batch["completion_mask"].to(logits.device),
+                          average=average, temperature=temperature)
+
+
+def completion_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
+    """(rows, C) log π of each completion token (values off `completion_mask` are
+    meaningless); `temperature` as used for sampling, so ratios compare like with like."""
+    logits, labels = _completion_logits(model, batch)
+    return token_logps(logits, labels.masked_fill(~batch["completion_mask"].to(labels.device), 0),
+                       temperature)
+
+
+def _completion_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     width_c = batch["completion_mask"].shape[1]
     device = next(model.parameters()).device
     out = model(input_ids=batch["input_ids"].to(device),
@@ -115,5 +129,77 @@ def completion_logps(model, batch: dict, *, average: bool = False,
                 logits_to_keep=width_c + 1, use_cache=False)
     logits = out.logits[:, :-1]                                  # (rows, C, V): predict C tokens
     labels = batch["input_ids"][:, batch["prompt_width"]:].to(device)   # (rows, C)
-    return sequence_logps(logits, labels, batch["completion_mask"].to(device),
-                          average=average, temperature=temperature)
+    return logits, labels
+
+
+def collate_groups(prompt_ids: list[list[int]], groups: list[list[list[int]]],
+                   pad_id: int) -> dict[str, torch.Tensor]:
+    """Online samples with the prompt computed ONCE per group (GRPO's G samples of one
+    prompt): the `collate_pairs` layout with any number of completions per row.
+
+    Row r is `[pad.. prompt | c_1 ..pad | ... | c_k ..pad]` (every completion padded to
+    the batch's longest, width C; rows with fewer than k completions get empty slots).
+    A 4-D mask lets each completion see the prompt and its own earlier tokens only; each
+    continues the prompt's positions. With G = 8 samples of ~6 tokens after a 50-token
+    prompt this processes ~100 tokens per group instead of ~450.
+    """
+    n = len(prompt_ids)
+    k = max(len(g) for g in groups)
+    width_p = max(len(p) for p in prompt_ids)
+    width_c = max(max((len(c) for c in g), default=1) for g in groups)
+    width = width_p + k * width_c
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    segment = torch.zeros((n, width), dtype=torch.long)   # 0 pad, 1 prompt, 2.. completion j
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, k, width_c), dtype=torch.bool)
+    for row, (p, group) in enumerate(zip(prompt_ids, groups, strict=True)):
+        spans = [(width_p - len(p), p, 1, 0)]
+        spans += [(width_p + j * width_c, c, 2 + j, len(p)) for j, c in enumerate(group)]
+        for start, tokens, seg, first_pos in spans:
+            input_ids[row, start:start + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            segment[row, start:start + len(tokens)] = seg
+            position_ids[row, start:start + len(tokens)] = torch.arange(len(tokens)) + first_pos
+        for j, c in enumerate(group):
+            completion_mask[row, j, :len(c)] = True
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = causal & (key != 0) & ((key == 1) | (key == query))
+    visible |= torch.eye(width, dtype=torch.bool) & (query == 0)  # pad rows: no empty softmax
+    sizes = [len(g) for g in groups]
+    return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (n, 1, L, L)
+            "position_ids": position_ids, "group_layout": (width_p, k, width_c),
+            "group_sizes": sizes,
+            # (samples, C) in sample order (group by group), as the per-sample tensors
+            "completion_mask": completion_mask.view(n * k, width_c)[_filled(sizes, k)],
+            # tokens of the unshared sequences prompt+completion: comparable across trainers
+            "n_tokens": sum(len(p) * len(g) + sum(len(c) for c in g)
+                            for p, g in zip(prompt_ids, groups, strict=True))}
+
+
+def group_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
+    """(samples, C) log π of each completion token of a `collate_groups` batch."""
+    _, k, width_c = batch["group_layout"]
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                logits_to_keep=k * width_c + 1, use_cache=False)
+    logits = out.logits               # (n, k*C + 1, V): columns P-1 .. end
+    # completion j's token 0 is predicted by the last prompt token (kept column 0), its
+    # token t >= 1 by its own token t-1 (kept column j*C + t)
+    cols = torch.cat([torch.cat([torch.zeros(1, dtype=torch.long),
+                                 torch.arange(j * width_c + 1, (j + 1) * width_c)])
+                      for j in range(k)]).to(device)
+    labels = batch["input_ids"][:, -k * width_c:].to(device)                 # (n, k*C)
+    n = labels.shape[0]
+    mask = batch["completion_mask"]
+    filled = _filled(batch["group_sizes"], k).to(device)
+    labels = labels.reshape(n * k, width_c)[filled]
+    per_token = token_logps(logits[:, cols].reshape(n * k, width_c, -1)[filled],
+                            labels.masked_fill(~mask.to(device), 0), temperature)
+    return per_token
+
+
+def _filled(sizes: list[int], k: int) -> torch.Tensor:
+    """Which of the n x k completion slots hold a sample."""
+    return torch.tensor([j < size for size in sizes for j in range(k)], dtype=torch.bool)

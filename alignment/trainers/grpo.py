@@ -1,0 +1,115 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath §4.1) with the DAPO and Dr. GRPO options
+(ALGORITHMS.md §8): G samples per prompt, group-normalised advantages, a clipped
+surrogate with an optional k3 KL term; no critic.
+
+Per step (the loop itself is `OnlineTrainer`):
+    rewards r_1..G per prompt  ->  Â_i = (r_i − mean) / (std + eps)   [Dr. GRPO: r_i − mean]
+    DAPO dynamic sampling: groups with equal rewards carry no gradient; drop them and
+    sample more prompts until the batch is full (at most grpo.max_sampling_rounds).
+    μ = grpo.iterations updates; with μ = 1, π_old is the current policy (ratio ≡ 1) so
+    no extra forward pass is spent on it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignment.losses.grpo import aggregation_weight, group_advantages, grpo_loss, overlong_penalty
+from alignment.rollout import Rollouts
+from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
+from alignment.trainers.sequences import group_token_logps
+
+
+class GRPOTrainer(OnlineTrainer):
+    @property
+    def g(self):
+        return self.recipe.grpo
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.g.num_generations
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.g.prompts_per_step
+
+    @property
+    def update_iterations(self) -> int:
+        return self.g.iterations
+
+    @property
+    def max_rounds(self) -> int:
+        return self.g.max_sampling_rounds if self.g.dynamic_sampling else 1
+
+    @property
+    def min_samples(self) -> int:
+        return self.g.prompts_per_step * self.g.num_generations
+
+    def needs_reference(self) -> bool:
+        return self.g.beta > 0
+
+    # ------------------------------------------------------------------ samples
+    def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
+                   info: RoundStats) -> list[Sample]:
+        lengths = torch.tensor([len(c) for c in rollouts.completion_ids])
+        shaped = torch.tensor(rewards, dtype=torch.float64)
+        if self.g.overlong_cache:
+            penalty = overlong_penalty(lengths, self.recipe.rollout.max_new_tokens,
+                                       self.g.overlong_cache)
+            info.parts.setdefault("overlong_penalty", []).extend(penalty.tolist())
+            shaped = shaped + penalty
+        G = self.g.num_generations
+        advantages = group_advantages(shaped, G, scale=self.g.scale_rewards,
+                                      eps=self.g.std_eps)
+        spread = shaped.view(-1, G)
+        signal = (spread.max(dim=1).values - spread.min(dim=1).values) > 1e-9   # (groups,)
+        info.groups += int(signal.numel())
+        info.groups_with_signal += int(signal.sum())
+        samples = []
+        for i, (ids, lps) in enumerate(zip(rollouts.completion_ids, rollouts.logprobs,
+                                           strict=True)):
+            if self.g.dynamic_sampling and not signal[i // G]:
+                continue
+            keep = not (self.g.mask_truncated and truncated[i])
+            forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
+            samples.append(Sample(
+                prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
+                completion_ids=list(ids) or [self.tokenizer.eos_token_id],
+                sampling_logps=list(lps) or [0.0],
+                loss_mask=[keep and not f for f in forced] or [False],
+                reward=float(shaped[i]), advantage=float(advantages[i]),
+                group=rollouts.prompt_index[i]))
+        return samples
+
+    # ------------------------------------------------------------------ loss
+    def prepare_batches(self, batches: list[dict]) -> None:
+        temperature = self.recipe.rollout.temperature
+        for batch in batches:
+            if self.g.iterations > 1:   # π_old frozen for all μ updates
+                with torch.no_grad():
+                    batch["old_logps"] = group_token_logps(self.model, batch,
+                                                                temperature=temperature)
+            if self.g.beta > 0:
+                batch["ref_logps"] = self.reference_token_logps(batch)
+
+    def batch_weight(self, batch: dict) -> float:
+        return aggregation_weight(batch["loss_mask"], self.g.aggregation)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        mask = batch["loss_mask"]
+        logps = group_token_logps(self.model, batch,
+                                       temperature=self.recipe.rollout.temperature)
+        device = logps.device
+        old = batch["old_logps"].to(device) if "old_logps" in batch else logps.detach()
+        ref = batch["ref_logps"].to(device) if "ref_logps" in batch else None
+        mask = mask.to(device)
+        if not batch.get("gap_logged"):
+            gap = (batch["sampling_logps"].to(device) - logps.detach()).abs()[mask]
+            if gap.numel():
+                self.gaps.append((gap.mean().item(), gap.max().item()))
+            batch["gap_logged"] = True
+        loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
+                                  clip_low=self.g.clip_low, clip_high=self.g.clip_high,
+                                  beta=self.g.beta, aggregation=self.g.aggregation,
+                                  max_length=self.recipe.rollout.max_new_tokens)
+        return loss, metrics

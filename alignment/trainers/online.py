@@ -1,0 +1,372 @@
+"""The online loop shared by every trainer that learns from its own samples (GRPO now;
+PPO, APA, DR-PO, online CoPG later):
+
+    for step in range(start, total):
+        prompts  <- this step's share of the (seeded, resumable) prompt order
+        samples  <- engine.generate(prompts, n=G)             # vLLM or HF, in-process
+        rewards  <- scorer(prompts, samples, rows)            # reward_models, per part
+        batch    <- algorithm.make_batch(samples, rewards)    # e.g. group advantages
+        repeat `iterations` times: optimizer step on batch    # base Trainer.update
+        engine.sync_weights(policy)                           # in place, verified
+
+A subclass supplies `make_batch` (advantages, which samples to keep) and
+`compute_loss`. The step logs rewards (total and per part), accuracy, completion
+length, the engine/trainer log-prob gap and where the time went.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from alignment.data import DataError, load_examples, render_prompt
+from alignment.models import load_causal_lm, resolve_model
+from alignment.rollout import Rollouts, SamplingParams, logprob_gap, make_engine, vllm_available
+from alignment.trainers import batching
+from alignment.trainers.base import Trainer, TrainingError
+from alignment.trainers.sequences import collate_groups, group_token_logps
+from reward_models import is_correct
+from reward_models.registry import build_composite
+
+VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
+
+
+@dataclass
+class PromptExample:
+    prompt_ids: list[int]
+    text: str                                   # the rendered prompt
+    row: dict = field(default_factory=dict)     # answer, tests, ... for the scorers
+    where: str = ""
+
+
+@dataclass
+class Sample:
+    """One scored completion, ready for a micro-batch."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    sampling_logps: list[float]
+    loss_mask: list[bool]          # False on forced (prefix) tokens and masked samples
+    reward: float
+    advantage: float = 0.0
+    group: int = 0                 # samples of one prompt share a group (and its prompt)
+
+
+class OnlineTrainer(Trainer):
+    # ------------------------------------------------------------------ data
+    def load_examples(self, path: str, limit: int | None, split: str) -> list[PromptExample]:
+        d = self.recipe.data
+        out, too_long = [], []
+        for ex in load_examples(path, "prompt", limit=limit):
+            text = render_prompt(self.tokenizer, ex.prompt, chat_template=d.chat_template,
+                                 system_prompt=d.system_prompt, plain=ex.plain)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > d.max_prompt_length:
+                if d.too_long == "error":
+                    raise DataError(f"{ex.where}: prompt has {len(ids)} tokens, over "
+                                    f"data.max_prompt_length={d.max_prompt_length}")
+                if d.too_long == "skip":
+                    too_long.append(ex.where)
+                    continue
+                ids = ids[-d.max_prompt_length:]
+            out.append(PromptExample(ids, text, dict(ex.extra), ex.where))
+        if too_long:
+            self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
+                      f"={d.max_prompt_length} (first: {too_long[0]})")
+        if not out:
+            raise DataError(f"{path}: no usable prompts")
+        return out
+
+    def example_length(self, example: PromptExample) -> int:
+        return len(example.prompt_ids)
+
+    def collate(self, samples: list[Sample], split: str = "train") -> dict:
+        """Samples of one group share one copy of their prompt (`collate_groups`)."""
+        groups = _runs(samples)
+        batch = collate_groups([g[0].prompt_ids for g in groups],
+                               [[s.completion_ids for s in g] for g in groups], self.pad_id)
+        width = batch["completion_mask"].shape[1]
+        loss_mask = torch.zeros((len(samples), width), dtype=torch.bool)
+        sampling = torch.zeros((len(samples), width), dtype=torch.float32)
+        for i, s in enumerate(samples):
+            loss_mask[i, :len(s.loss_mask)] = torch.tensor(s.loss_mask, dtype=torch.bool)
+            sampling[i, :len(s.sampling_logps)] = torch.tensor(s.sampling_logps)
+        batch.update(loss_mask=loss_mask, sampling_logps=sampling,
+                     advantages=torch.tensor([s.advantage for s in samples]),
+                     rewards=torch.tensor([s.reward for s in samples]))
+        return batch
+
+    # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
+    def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
+                   info: RoundStats) -> list[Sample]:
+        """Turn one round of scored rollouts into training samples (may drop some)."""
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return 1
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.cfg.batch_size
+
+    @property
+    def update_iterations(self) -> int:
+        return 1
+
+    def needs_reference(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ set-up
+    def before_training(self) -> None:
+        if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
+            (self.output_dir / "samples.jsonl").unlink(missing_ok=True)
+        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                       else self.tokenizer.eos_token_id)
+        self.scorer = build_composite(self.recipe.rewards)
+        self.verifier_key = next((p.key for p in self.scorer.parts
+                                  if p.scorer.name in VERIFIERS and not p.constraint), None)
+        self.ref_model = self._load_reference() if self.needs_reference() else None
+        r = self.recipe.rollout
+        self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                       max_new_tokens=r.max_new_tokens)
+        backend = r.backend
+        if backend == "auto":
+            backend = "vllm" if vllm_available() else "hf"
+        t0 = time.perf_counter()
+        self.engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
+                                  model_path=str(self.model_path),
+                                  **(self._vllm_options() if backend == "vllm" else {}))
+        self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "
+                  "to start)")
+
+    def _vllm_options(self) -> dict:
+        r = self.recipe.rollout
+        longest = self.recipe.data.max_prompt_length + max(r.max_new_tokens,
+                                                           self.recipe.eval.max_new_tokens)
+        return {"dtype": r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch."),
+                "kv_cache_gb": r.kv_cache_gb, "gpu_memory_utilization": r.gpu_memory_utilization,
+                "max_model_len": longest + 8, "seed": self.cfg.seed + self.rank}
+
+    def _load_reference(self):
+        """π_ref: a frozen copy (or, for a LoRA policy, the policy with adapters off)."""
+        if self.uses_lora and self.recipe.model.reference is None:
+            return None
+        path = resolve_model(self.recipe.model.reference or self.recipe.model.name)
+        model = load_causal_lm(path, self.dtype).eval()
+        model.requires_grad_(False)
+        return model.to(self.accelerator.device)
+
+    @torch.no_grad()
+    def reference_token_logps(self, batch: dict) -> torch.Tensor:
+        temperature = self.recipe.rollout.temperature
+        if self.ref_model is None:
+            with self.policy.disable_adapter():
+                return group_token_logps(self.policy, batch, temperature=temperature)
+        return group_token_logps(self.ref_model, batch, temperature=temperature)
+
+    # ------------------------------------------------------------------ the step
+    def _steps_per_epoch(self) -> int:
+        per_step = self.prompts_per_step * self.world
+        if len(self.train_set) < per_step:
+            raise TrainingError(f"{self.recipe.data.train}: {len(self.train_set)} prompts, "
+                                f"fewer than one step needs ({per_step})")
+        return len(self.train_set) // per_step
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_plan_epoch", None) != epoch:
+            self._plan_cache = batching.epoch_plan(self._lengths(),
+                                                   batch_size=self.prompts_per_step,
+                                                   seed=self.cfg.seed, epoch=epoch)
+            self._plan_epoch = epoch
+        return self._plan_cache
+
+    def _step_prompts(self) -> list[PromptExample]:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        (mine,) = batching.step_batches(self._plan(epoch), in_epoch, grad_accum=1,
+                                        processes=self.world, rank=self.rank)
+        return [self.train_set[i] for i in mine]
+
+    def _extra_prompts(self, round_: int) -> list[PromptExample]:
+        """Dynamic sampling: more prompts for the same step (seeded, so resumable)."""
+        rng = random.Random((self.cfg.seed * 1_000_003 + self.step) * 101 + round_ * 7
+                            + self.rank)
+        return rng.sample(self.train_set, self.prompts_per_step)
+
+    def _train_step(self) -> dict:
+        t0 = time.perf_counter()
+        times = dict.fromkeys(("generate", "score", "update", "sync"), 0.0)
+        samples, info = [], RoundStats()
+        prompts = self._step_prompts()
+        for round_ in range(self.max_rounds):
+            if round_ > 0:
+                prompts = self._extra_prompts(round_)
+            with _timed(times, "generate"):
+                rollouts = self.engine.generate([p.prompt_ids for p in prompts],
+                                                n=self.samples_per_prompt,
+                                                sampling=self.sampling)
+            with _timed(times, "score"):
+                rewards, truncated = self._score(prompts, rollouts, info)
+            for sample in self.make_batch(rollouts, rewards, truncated, info):
+                sample.group += round_ * len(prompts)
+                samples.append(sample)
+            if len(samples) >= self.min_samples:
+                break
+        samples = samples[:self.min_samples]   # whole groups: min_samples is P x G
+        if not samples:
+            self.optim.zero_grad()
+            self.advance_schedule()
+            self._say(f"step {self.step + 1}: no sample with a learning signal after "
+                      f"{self.max_rounds} sampling round(s) (every group's rewards were "
+                      "equal); step skipped")
+            return {**info.metrics(), "skipped": 1.0, "step_seconds": time.perf_counter() - t0}
+
+        self.gaps: list[tuple[float, float]] = []   # (mean, max) per micro-batch, 1st pass
+        with _timed(times, "update"):
+            batches = [self.collate(c) for c in _micro_batches(samples, self.cfg.batch_size)]
+            self.prepare_batches(batches)
+            for _ in range(self.update_iterations):
+                metrics = self.update(batches)
+                if metrics.get("skipped"):
+                    break
+        self.advance_schedule()
+        with _timed(times, "sync"):
+            self.engine.sync_weights(self.policy)
+        seconds = time.perf_counter() - t0
+        tokens = sum(b["n_tokens"] for b in batches)
+        metrics.update(info.metrics())
+        metrics.update({f"time/{k}": v for k, v in times.items()})
+        if self.is_main:
+            with (self.output_dir / "samples.jsonl").open("a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in info.examples)
+        metrics.update({"step_seconds": seconds, "tokens": tokens,
+                        "tokens_per_s": tokens / seconds, "samples": len(samples),
+                        "epoch": (self.step + 1) / self.steps_per_epoch})
+        if self.gaps:
+            metrics["rollout/logprob_gap_mean"] = sum(g[0] for g in self.gaps) / len(self.gaps)
+            metrics["rollout/logprob_gap_max"] = max(g[1] for g in self.gaps)
+        if getattr(self.engine, "last_probe_gap", None) is not None:
+            metrics["rollout/probe_gap"] = self.engine.last_probe_gap
+        return metrics
+
+    @property
+    def max_rounds(self) -> int:
+        return 1
+
+    @property
+    def min_samples(self) -> int:
+        return 1
+
+    def prepare_batches(self, batches: list[dict]) -> None:
+        """Per-batch tensors computed once before the updates (old/ref log-probs)."""
+
+    def _score(self, prompts: list[PromptExample], rollouts: Rollouts,
+               info: RoundStats) -> tuple[list[float], list[bool]]:
+        rows = [prompts[i].row for i in rollouts.prompt_index]
+        texts = [prompts[i].text for i in rollouts.prompt_index]
+        result = self.scorer.score(texts, rollouts.texts, rows)
+        for i, error in enumerate(result.errors):
+            if error is not None:
+                info.errors += 1
+                if info.errors <= 3:  # name the sample, keep going (scored 0)
+                    self._say(f"step {self.step + 1}: reward error on "
+                              f"{prompts[rollouts.prompt_index[i]].where}: {error}")
+        truncated = [r == "length" for r in rollouts.finish_reasons]
+        info.add(result, rollouts, truncated, self.verifier_key)
+        if not info.examples:   # a few samples per step, to read what the policy writes
+            info.examples = [{"step": self.step + 1, "prompt": prompts[rollouts.prompt_index[i]]
+                              .text[-120:], "completion": rollouts.texts[i],
+                              "reward": result.rewards[i]} for i in range(min(4, len(rollouts)))]
+        return list(result.rewards), truncated
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_loss(self) -> dict:
+        """Online trainers have no held-out loss: greedy accuracy on data.eval through the
+        rollout engine instead (fast; `alignment eval` is the reference measurement)."""
+        if not self.eval_set or not hasattr(self, "engine"):
+            return {}
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.recipe.eval.max_new_tokens)
+        rollouts = self.engine.generate([e.prompt_ids for e in self.eval_set], n=1,
+                                        sampling=sampling)
+        correct = [is_correct(text, self.eval_set[i].row.get("answer", ""))
+                   for text, i in zip(rollouts.texts, rollouts.prompt_index, strict=True)]
+        length = sum(len(c) for c in rollouts.completion_ids) / max(len(rollouts), 1)
+        values = self._sum_vector([sum(correct), len(correct), length])
+        return {"eval/accuracy": values[0] / max(values[1], 1),
+                "eval/completion_length": values[2] / self.world}
+
+
+class RoundStats:
+    """Rewards, parts, accuracy and lengths over every sampling round of a step."""
+
+    def __init__(self):
+        self.rewards: list[float] = []
+        self.parts: dict[str, list[float]] = {}
+        self.correct: list[float] = []
+        self.lengths: list[int] = []
+        self.truncated: list[bool] = []
+        self.errors = 0
+        self.examples: list[dict] = []
+        self.groups = 0
+        self.groups_with_signal = 0
+
+    def add(self, result, rollouts: Rollouts, truncated: list[bool], verifier_key):
+        self.rewards.extend(result.rewards)
+        for key, values in result.parts.items():
+            self.parts.setdefault(key, []).extend(values)
+        if verifier_key is not None:
+            self.correct.extend(float(v > 0) for v in result.parts[verifier_key])
+        self.lengths.extend(len(c) for c in rollouts.completion_ids)
+        self.truncated.extend(truncated)
+
+    def metrics(self) -> dict:
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        out = {"reward": mean(self.rewards), "completion_length": mean(self.lengths),
+               "truncated": mean([float(t) for t in self.truncated]),
+               "reward_errors": float(self.errors)}
+        out.update({f"rewards/{k}": mean(v) for k, v in self.parts.items()})
+        if self.correct:
+            out["accuracy"] = mean(self.correct)
+        if self.groups:
+            out["groups_with_signal"] = self.groups_with_signal / self.groups
+        return out
+
+
+def _runs(samples: list[Sample]) -> list[list[Sample]]:
+    """Consecutive samples of the same group."""
+    runs: list[list[Sample]] = []
+    for s in samples:
+        if runs and runs[-1][0].group == s.group:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def _micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
+    """Whole groups per micro-batch, about `size` samples each (at least one group)."""
+    out: list[list[Sample]] = []
+    for run in _runs(samples):
+        if out and len(out[-1]) + len(run) <= size:
+            out[-1].extend(run)
+        else:
+            out.append(list(run))
+    return out
+
+
+@contextlib.contextmanager
+def _timed(times: dict, key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] += time.perf_counter() - start
+
+
+__all__ = ["OnlineTrainer", "PromptExample", "RoundStats", "Sample", "logprob_gap"]

@@ -1,0 +1,209 @@
+"""GRPO on tiny random Llamas with the `hf` rollout backend: the packed-group layout, the
+update direction, exact micro-batching, the step's logs, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignment.config import ConfigError, recipe_from_dict
+from alignment.trainers.grpo import GRPOTrainer
+from alignment.trainers.online import Sample
+from alignment.trainers.sequences import (
+    collate_groups,
+    collate_sequences,
+    completion_token_logps,
+    group_token_logps,
+)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory, repo_root):
+    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def make_recipe(out, model, prompts, **sections):
+    base = {"algorithm": "grpo", "output_dir": str(out),
+            "model": {"name": model, "dtype": "float64"},
+            "data": {"train": prompts, "eval": prompts, "eval_limit": 4,
+                     "max_prompt_length": 96, "max_length": 128},
+            "trainer": {"lr": 1e-3, "batch_size": 8, "max_steps": 2, "save_every": None,
+                        "scheduler": "constant", "seed": 3},
+            "grpo": {"prompts_per_step": 2, "num_generations": 4},
+            "rollout": {"backend": "hf", "max_new_tokens": 6, "temperature": 1.0},
+            "rewards": [{"name": "exact_answer"}],
+            "eval": {"before_after": False, "max_new_tokens": 6},
+            "logging": {"tensorboard": False, "progress_bar": False}}
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe_from_dict(base)
+
+
+# ------------------------------------------------------------------ packed groups
+def test_packed_groups_equal_independent_sequences(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    prompts = [[1, 5, 7, 9], [3, 4]]
+    groups = [[[10, 11, 12], [13], [14, 15]], [[20, 21, 22, 23], [24, 25]]]
+    packed = group_token_logps(model, collate_groups(prompts, groups, 0), temperature=0.7)
+    flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
+    flat = collate_sequences(flat_prompts, [c for g in groups for c in g], 0)
+    plain = completion_token_logps(model, flat, temperature=0.7)
+    mask = flat["completion_mask"]
+    assert packed.shape == plain.shape == (5, 4)
+    assert plain[mask].abs().min() > 0.1          # real log-probs, not zeros
+    torch.testing.assert_close(packed[mask], plain[mask], rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ the update
+def fixed_samples(trainer, advantages):
+    """Two groups of 4 hand-made completions of the first two prompts."""
+    samples = []
+    for i, adv in enumerate(advantages):
+        prompt = trainer.train_set[i // 4].prompt_ids
+        completion = [40 + i, 41 + i, 42 + (i % 3)][: 1 + i % 3]
+        samples.append(Sample(prompt, completion, [0.0] * len(completion),
+                              [True] * len(completion), reward=adv, advantage=adv,
+                              group=i // 4))
+    return samples
+
+
+def test_update_raises_log_probs_of_positive_advantage_samples(tmp_path, tiny_model_dir,
+                                                                prompts_file):
+    trainer = GRPOTrainer(make_recipe(tmp_path, tiny_model_dir, prompts_file))
+    trainer.before_training()
+    advantages = [1.5, -0.5, -0.5, -0.5, -1.0, 1.0, -1.0, 1.0]
+    batch = trainer.collate(fixed_samples(trainer, advantages))
+    trainer.gaps = []
+
+    def objective():
+        with torch.no_grad():
+            logps = group_token_logps(trainer.model, batch)
+        return float((logps * batch["loss_mask"]).sum(1) @ torch.tensor(advantages,
+                                                                         dtype=logps.dtype))
+
+    before = objective()
+    metrics = trainer.update([batch])
+    assert metrics["ratio"] == pytest.approx(1.0) and metrics["clip_fraction"] == 0.0
+    assert objective() > before + 1e-3
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "token_mean", "dr_grpo"])
+def test_micro_batches_give_the_same_update(tmp_path, tiny_model_dir, prompts_file,
+                                            aggregation):
+    """One batch of 8 samples or micro-batches of whole groups: same parameters after the
+    step, for every aggregation (token-mean uses the step's total token count)."""
+    advantages = [1.5, -0.5, -0.5, -0.5, -1.0, 1.0, -1.0, 1.0]
+    params = []
+    for size in (8, 4):
+        trainer = GRPOTrainer(make_recipe(tmp_path / f"b{size}", tiny_model_dir, prompts_file,
+                                          trainer={"batch_size": size, "optimizer": "sgd"},
+                                          grpo={"aggregation": aggregation}))
+        trainer.before_training()
+        trainer.gaps = []
+        samples = fixed_samples(trainer, advantages)
+        from alignment.trainers.online import _micro_batches
+
+        chunks = _micro_batches(samples, size)
+        assert len(chunks) == 8 // size
+        trainer.update([trainer.collate(c) for c in chunks])
+        params.append(torch.cat([p.detach().flatten() for p in trainer.policy.parameters()]))
+    torch.testing.assert_close(params[0], params[1], rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ whole runs
+def test_run_logs_rewards_time_split_and_eval(tmp_path, tiny_model_dir, prompts_file):
+    trainer = GRPOTrainer(make_recipe(tmp_path, tiny_model_dir, prompts_file,
+                                      trainer={"eval_every": 2},
+                                      rewards=[{"name": "exact_answer"},
+                                               {"name": "regex", "pattern": "\\d",
+                                                "weight": 0.5}]))
+    summary = trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "eval/accuracy" in rows[0]
+    step = rows[1]
+    for key in ("loss", "reward", "rewards/exact_answer", "rewards/regex", "accuracy",
+                "completion_length", "kl", "clip_fraction", "time/generate", "time/score",
+                "time/update", "time/sync", "rollout/logprob_gap_mean", "grad_norm"):
+        assert key in step, key
+    assert step["samples"] == 8
+    assert step["rollout/logprob_gap_max"] < 1e-4     # hf backend: same weights (fp32 scores)
+    assert summary["steps"] == 2 and (tmp_path / "final" / "config.json").is_file()
+
+
+def test_dynamic_sampling_with_no_signal_skips_with_a_message(tmp_path, tiny_model_dir,
+                                                               prompts_file, capsys):
+    # a random model never answers correctly: every group's rewards are equal (0)
+    trainer = GRPOTrainer(make_recipe(tmp_path, tiny_model_dir, prompts_file,
+                                      trainer={"max_steps": 1},
+                                      grpo={"dynamic_sampling": True,
+                                            "max_sampling_rounds": 2}))
+    trainer.train()
+    assert "no sample with a learning signal after 2 sampling round(s)" in \
+        capsys.readouterr().err
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-2])
+    assert row["skipped"] == 1.0 and row["groups_with_signal"] == 0.0
+
+
+def reward_that_fails_on_first_prompt(prompts, completions, rows):
+    """A user reward with a bug on one row (used by dotted path below)."""
+    return [1.0 / (row["answer"] != FIRST_ANSWER) for row in rows]
+
+
+FIRST_ANSWER = None
+
+
+def test_reward_function_errors_are_named_and_scored_zero(tmp_path, tiny_model_dir,
+                                                          prompts_file, capsys):
+    global FIRST_ANSWER
+    FIRST_ANSWER = json.loads(open(prompts_file).readline())["answer"]
+    trainer = GRPOTrainer(make_recipe(
+        tmp_path, tiny_model_dir, prompts_file, trainer={"max_steps": 3},
+        grpo={"prompts_per_step": 8},
+        rewards=[{"name": "test_grpo_trainer:reward_that_fails_on_first_prompt"}]))
+    trainer.train()   # goes on
+    err = capsys.readouterr().err
+    assert "reward error on" in err and "line 1" in err and "ZeroDivisionError" in err
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("reward_errors", 0) for r in rows) >= 4     # the first prompt's G samples
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_reward_errors_can_stop_the_run(tmp_path, tiny_model_dir, prompts_file):
+    global FIRST_ANSWER
+    FIRST_ANSWER = json.loads(open(prompts_file).readline())["answer"]
+    trainer = GRPOTrainer(make_recipe(
+        tmp_path, tiny_model_dir, prompts_file, trainer={"max_steps": 3},
+        grpo={"prompts_per_step": 8},
+        rewards=[{"name": "test_grpo_trainer:reward_that_fails_on_first_prompt",
+                  "on_error": "raise"}]))
+    from reward_models import ScorerError
+
+    with pytest.raises(ScorerError, match="ZeroDivisionError"):
+        trainer.train()
+
+
+# ------------------------------------------------------------------ recipe checks
+@pytest.mark.parametrize("rewards, message", [
+    ([{"name": "exact_anwser"}], "did you mean 'exact_answer'"),
+    ([{"name": "regex"}], "needs option 'pattern'"),
+    ([{"name": "regex", "pattern": "x", "pattrn": "y"}], "unknown option 'pattrn'"),
+    ([{"name": "exact_answer", "weight": "high"}], "rewards[0].weight: bad value"),
+    ([], "non-empty list"),
+    ([{"name": "no_such_module_xyz.rewards:fn"}], "cannot import module"),
+])
+def test_bad_reward_specs_are_reported(tmp_path, tiny_model_dir, prompts_file, rewards,
+                                       message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        make_recipe(tmp_path, tiny_model_dir, prompts_file, rewards=rewards)
+
+
+def test_online_sections_rejected_for_offline_algorithms():
+    with pytest.raises(ConfigError, match="'rollout' applies to online algorithms only"):
+        recipe_from_dict({"algorithm": "dpo", "rollout": {"temperature": 0.5}})
