@@ -89,7 +89,7 @@ def plot_curves(history: list[dict], path: Path, max_panels: int = 6) -> None:
     keys = [k for k in ("eval/accuracy", "reward", "accuracy", "completion_length", "loss",
                         "eval/loss", "rewards/margin", "rewards/accuracy", "rewards/chosen",
                         "rewards/rejected", "kl", "lr", "grad_norm")
-            if any(k in r for r in history)][:max_panels]
+            if len({r[k] for r in history if k in r}) > 1][:max_panels]   # flat: not shown
     if not keys:
         return
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)

@@ -47,8 +47,7 @@ class MasterWeightOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.low_precision:
             with torch.no_grad():
-                for m, p in zip(self.master, self.params, strict=True):
-                    p.copy_(m)
+                torch._foreach_copy_(self.params, self.master)
         return float(norm)
 
     def zero_grad(self) -> None:
@@ -70,8 +69,9 @@ class MasterWeightOptimizer:
 
 def build_optimizer(params: list[torch.Tensor], cfg: TrainerConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
+        # fused: one kernel over all tensors (CPU too, torch >= 2.4), ~2x the foreach speed
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 foreach=True)
+                                 fused=True)
     if cfg.optimizer == "rmsprop":  # the DPO and SPIN papers' choice
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
