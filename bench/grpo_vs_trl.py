@@ -3,12 +3,14 @@
     python bench/grpo_vs_trl.py                          # bf16 and fp32, 8 steps each
     python bench/grpo_vs_trl.py --dtypes bf16 --steps 12
     python bench/grpo_vs_trl.py --our-backend hf         # HF generate vs HF generate
+    python bench/grpo_vs_trl.py --prompts-per-step 8 --generations 8 --new-tokens 16
 
 Both trainers get: the bundled SmolLM2-135M-Instruct (the same local HF folder), the first
 steps x 2 rows of data/arithmetic/add2/train.jsonl as conversational prompts ([{"role":
 "user", "content": prompt}] through the model's chat template, which adds its default system
 line on both sides: identical prompt tokens), 2 prompts x 4 generations per step (8
-sequences, one micro-batch), at most 32 new tokens, temperature 1.0, top-p 1, no top-k;
+sequences, one micro-batch; --prompts-per-step, --generations), at most 32 new tokens
+(--new-tokens), temperature 1.0, top-p 1, no top-k;
 reward = exact answer (ours: the recipe's `exact_answer` scorer; TRL: a reward function
 calling `reward_models.is_correct`, which is what that scorer uses); group-normalised
 advantages (std-scaled), β = 0 (no reference model), clip ε = 0.2, μ = 1 update per batch,
@@ -62,8 +64,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data/arithmetic/add2/train.jsonl"
-PROMPTS_PER_STEP = 2
-GENERATIONS = 4
 LR = 1e-5
 
 
@@ -114,8 +114,8 @@ def run_trl(args) -> dict:
         output_dir=args.workdir + "/trl", use_cpu=True, bf16=bf16, fp16=False,
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=args.steps, seed=0,
-        per_device_train_batch_size=PROMPTS_PER_STEP * GENERATIONS,
-        gradient_accumulation_steps=1, num_generations=GENERATIONS,
+        per_device_train_batch_size=args.prompts_per_step * args.generations,
+        gradient_accumulation_steps=1, num_generations=args.generations,
         max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=0.0, num_iterations=1, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         use_vllm=False, gradient_checkpointing=False,
@@ -170,11 +170,11 @@ def run_ours(args) -> dict:
         "model": {"name": "smollm2-135m",
                   "dtype": "bfloat16" if args.dtype == "bf16" else "float32"},
         "data": {"train": args.prompts, "eval": None},
-        "trainer": {"lr": LR, "batch_size": PROMPTS_PER_STEP * GENERATIONS,
+        "trainer": {"lr": LR, "batch_size": args.prompts_per_step * args.generations,
                     "max_steps": args.steps, "scheduler": "constant", "warmup_steps": 0,
                     "max_grad_norm": 1.0, "save_every": None, "eval_every": None,
                     "seed": 0, "threads": args.threads},
-        "grpo": {"prompts_per_step": PROMPTS_PER_STEP, "num_generations": GENERATIONS,
+        "grpo": {"prompts_per_step": args.prompts_per_step, "num_generations": args.generations,
                  "beta": 0.0, "aggregation": "grpo", "iterations": 1, "clip_low": 0.2,
                  "clip_high": 0.2, "scale_rewards": True},
         "rollout": {"backend": args.our_backend, "temperature": 1.0, "top_p": 1.0,
@@ -220,7 +220,8 @@ def launch(which: str, dtype: str, args, prompts: str) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--dtype", dtype, "--prompts", prompts,
            "--workdir", workdir, "--steps", str(args.steps), "--threads", str(args.threads),
            "--new-tokens", str(args.new_tokens), "--our-backend", args.our_backend,
-           "--trl-bf16", args.trl_bf16]
+           "--trl-bf16", args.trl_bf16, "--prompts-per-step", str(args.prompts_per_step),
+           "--generations", str(args.generations)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
@@ -256,6 +257,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8, help="steps per run (the first is warm-up)")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompts-per-step", type=int, default=2)
+    p.add_argument("--generations", type=int, default=4, help="G, samples per prompt")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--our-backend", choices=["auto", "vllm", "hf"], default="auto",
@@ -276,17 +279,17 @@ def main() -> None:
 
     prompts = Path(tempfile.mkdtemp(prefix="bench-grpo-")) / "prompts.jsonl"
     with open(DATA) as f:
-        prompts.write_text("".join(next(f) for _ in range(args.steps * PROMPTS_PER_STEP)))
+        prompts.write_text("".join(next(f) for _ in range(args.steps * args.prompts_per_step)))
     print(f"GRPO bench: {args.steps} steps (first = warm-up, not averaged) x "
-          f"{PROMPTS_PER_STEP} prompts x {GENERATIONS} generations, {args.new_tokens} new "
-          f"tokens, {args.threads} threads; TRL: HF generate; ours: backend "
+          f"{args.prompts_per_step} prompts x {args.generations} generations, "
+          f"{args.new_tokens} new tokens, {args.threads} threads; TRL: HF generate; ours: backend "
           f"{args.our_backend}", flush=True)
     head = (f"{'dtype':<6}{'trainer':<9}{'gen':<6}{'s/step':>8}{'1st':>7}{'tok/step':>9}"
             f"{'peak GB':>9}   split s/step (generate / score / update / sync)")
     print(head, flush=True)
     results: dict = {"config": {
         "model": "smollm2-135m", "data": str(DATA.relative_to(ROOT)), "steps": args.steps,
-        "prompts_per_step": PROMPTS_PER_STEP, "num_generations": GENERATIONS,
+        "prompts_per_step": args.prompts_per_step, "num_generations": args.generations,
         "max_new_tokens": args.new_tokens, "temperature": 1.0, "lr": LR, "beta": 0.0,
         "loss": "grpo", "threads": args.threads, "our_backend": args.our_backend,
         "trl_bf16": args.trl_bf16, "trl_generation": "hf (no vLLM)",

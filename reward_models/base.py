@@ -40,10 +40,15 @@ class Scorer:
     def score(self, prompts: Sequence[str], completions: Sequence[str],
               rows: Sequence[Mapping[str, Any]] | None = None) -> ScoreResult:
         rows = check_batch(self.name, prompts, completions, rows)
+        return self.score_each(prompts, completions, rows, self.score_one)
+
+    def score_each(self, prompts, completions, rows, score_one) -> ScoreResult:
+        """`score_one(prompt, completion, row)` per sample; a sample that raises scores 0
+        and is reported (or, with on_error="raise", stops with a ScorerError naming it)."""
         rewards, errors = [], []
         for i, (p, c, r) in enumerate(zip(prompts, completions, rows, strict=True)):
             try:
-                rewards.append(float(self.score_one(p, c, r)))
+                rewards.append(float(score_one(p, c, r)))
                 errors.append(None)
             except Exception as exc:  # noqa: BLE001 - user scorers may raise anything
                 message = f"{self.name}: sample {i}: {type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward_models.base import Scorer, ScorerError, ScoreResult, check_batch
+from reward_models.base import Scorer, ScoreResult, check_batch
 from reward_models.composite import CompositeScorer, Part
 
 BUILTIN = {
@@ -155,20 +155,10 @@ class FunctionScorer(Scorer):
         rows = check_batch(self.name, prompts, completions, rows)
         try:
             values = self._call(prompts, completions, rows)
-            errors: list[str | None] = [None] * len(values)
         except Exception:  # noqa: BLE001 - find the sample(s) that fail, score the rest
-            values, errors = [], []
-            for i, sample in enumerate(zip(prompts, completions, rows, strict=True)):
-                try:
-                    values.extend(self._call(*([x] for x in sample)))
-                    errors.append(None)
-                except Exception as exc:  # noqa: BLE001 - user code may raise anything
-                    message = f"{self.name}: sample {i}: {type(exc).__name__}: {exc}"
-                    if self.on_error == "raise":
-                        raise ScorerError(message) from exc
-                    values.append(0.0)
-                    errors.append(message)
-        return ScoreResult(values, {self.name: list(values)}, errors)
+            return self.score_each(prompts, completions, rows,
+                                   lambda p, c, r: self._call([p], [c], [r])[0])
+        return ScoreResult(values, {self.name: list(values)}, [None] * len(values))
 
     def _call(self, prompts, completions, rows) -> list[float]:
         values = [float(v) for v in self.fn(list(prompts), list(completions), list(rows))]
