@@ -41,10 +41,6 @@ class GRPOTrainer(OnlineTrainer):
     def max_rounds(self) -> int:
         return self.g.max_sampling_rounds if self.g.dynamic_sampling else 1
 
-    @property
-    def min_samples(self) -> int:
-        return self.g.prompts_per_step * self.g.num_generations
-
     def needs_reference(self) -> bool:
         return self.g.beta > 0
 

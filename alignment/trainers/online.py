@@ -261,7 +261,8 @@ class OnlineTrainer(Trainer):
 
     @property
     def min_samples(self) -> int:
-        return 1
+        """Samples a full step holds (sampling rounds stop once they are reached)."""
+        return self.prompts_per_step * self.samples_per_prompt
 
     def prepare_batches(self, batches: list[dict]) -> None:
         """Per-batch tensors computed once before the updates (old/ref log-probs)."""
