@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from alignment.losses.grpo import aggregation_weight, group_advantages, grpo_loss, overlong_penalty
-from alignment.rollout import Rollouts
+from alignment.rollout import Rollouts, logprob_gap
 from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
 from alignment.trainers.sequences import group_token_logps
 
@@ -99,10 +99,9 @@ class GRPOTrainer(OnlineTrainer):
         old = batch["old_logps"].to(device) if "old_logps" in batch else logps.detach()
         ref = batch["ref_logps"].to(device) if "ref_logps" in batch else None
         mask = mask.to(device)
-        if not batch.get("gap_logged"):
-            gap = (batch["sampling_logps"].to(device) - logps.detach()).abs()[mask]
-            if gap.numel():
-                self.gaps.append((gap.mean().item(), gap.max().item()))
+        if not batch.get("gap_logged") and mask.any():   # first pass: engine vs trainer
+            gap = logprob_gap(batch["sampling_logps"].to(device), logps.detach(), mask)
+            self.gaps.append((gap["rollout/logprob_gap_mean"], gap["rollout/logprob_gap_max"]))
             batch["gap_logged"] = True
         loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
                                   clip_low=self.g.clip_low, clip_high=self.g.clip_high,

@@ -27,7 +27,7 @@ import torch
 
 from alignment.data import DataError, load_examples, render_prompt
 from alignment.models import load_causal_lm, resolve_model
-from alignment.rollout import Rollouts, SamplingParams, logprob_gap, make_engine, vllm_available
+from alignment.rollout import Rollouts, SamplingParams, make_engine, vllm_available
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
 from alignment.trainers.sequences import collate_groups, group_token_logps
@@ -370,4 +370,4 @@ def _timed(times: dict, key: str):
         times[key] += time.perf_counter() - start
 
 
-__all__ = ["OnlineTrainer", "PromptExample", "RoundStats", "Sample", "logprob_gap"]
+__all__ = ["OnlineTrainer", "PromptExample", "RoundStats", "Sample"]
