@@ -1,7 +1,8 @@
 """The `alignment` command line.
 
   alignment check RECIPE [key=value ...]     validate, print the resolved recipe (no model)
-  alignment train RECIPE [key=value ...]     run it (also: accelerate launch RECIPE)
+  alignment train RECIPE [key=value ...]     run it (also: accelerate launch RECIPE); with
+                                             launch.num_processes > 1 it starts them
   alignment eval --model M --data FILE       greedy exact-answer accuracy, JSON + table
   alignment score --scorer NAME | --reward-model DIR --input F --output F
                                              add rewards to a jsonl file (streaming)
@@ -13,6 +14,7 @@ User errors (bad recipe, bad data, unknown model) print one clear message and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,12 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from alignment.config import ConfigError
     from alignment.data import DataError
+    from alignment.launch import LaunchError
     from alignment.models import ModelNotFoundError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, ModelNotFoundError, LaunchError) as exc:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        where = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+        print(f"{where}error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -99,10 +104,16 @@ def _check(args) -> int:
 
 
 def _train(args) -> int:
+    from alignment import launch
     from alignment.config import load_recipe
     from alignment.trainers import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if not launch.inside_launched_process():
+        plan = launch.plan(recipe)
+        if plan.multi_process:   # start the processes; each runs this command again
+            return launch.launch(args.recipe, args.overrides, plan)
+        launch.check_single_process_start()
     run_recipe(recipe, recipe_path=args.recipe)
     return 0
 

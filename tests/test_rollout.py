@@ -63,6 +63,49 @@ def test_hf_sampling_logprobs_match_the_trainer(tiny, temperature):
     assert gap["rollout/logprob_gap_max"] < 1e-4, gap
 
 
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 50)])
+def test_hf_seeded_samples_do_not_depend_on_the_batch(tiny, temperature, top_k):
+    """Per-prompt seeds: a prompt's samples are the same alone or in any batch (what makes
+    2 processes sample what 1 process samples); log-probs still match the trainer's."""
+    model, tokenizer, prompts = tiny
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=10)
+    together = make_engine("hf", model=model, tokenizer=tokenizer).generate(
+        prompts, n=3, sampling=sampling, seeds=[7, 8, 9])
+    split = make_engine("hf", model=model, tokenizer=tokenizer, batch_size=2)
+    last = split.generate(prompts[2:], n=3, sampling=sampling, seeds=[9])
+    first = split.generate(prompts[:2][::-1], n=3, sampling=sampling, seeds=[8, 7])
+    assert together.completion_ids == (first.completion_ids[3:] + first.completion_ids[:3]
+                                       + last.completion_ids)
+    other = split.generate(prompts, n=3, sampling=sampling, seeds=[1, 2, 3])
+    assert other.completion_ids != together.completion_ids
+    batch = together.padded(tokenizer.pad_token_id)
+    gap = logprob_gap(batch["sampling_logps"],
+                      recompute(model, prompts, together, temperature),
+                      batch["completion_mask"])
+    if top_k == 0:   # (top-k renormalises: the trainer's full-vocabulary log-probs differ)
+        assert gap["rollout/logprob_gap_max"] < 1e-4, gap
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        split.generate(prompts, sampling=sampling, seeds=[1, 2])
+
+
+def test_hf_seeded_sampling_follows_the_model_distribution(tiny):
+    """Gumbel-max draws are samples from p: first-token frequencies over 3000 draws match
+    the model's next-token probabilities (total variation well under sampling noise)."""
+    model, tokenizer, prompts = tiny
+    engine = make_engine("hf", model=model, tokenizer=tokenizer, batch_size=1000)
+    sampling = SamplingParams(temperature=1.0, top_k=8, max_new_tokens=1)
+    r = engine.generate(prompts[:1], n=3000, sampling=sampling, seeds=[5])
+    with torch.no_grad():
+        logits = model(torch.tensor([prompts[0]])).logits[0, -1]
+    top = logits.topk(8)
+    p = torch.zeros_like(logits)
+    p[top.indices] = top.values.softmax(-1)
+    counts = torch.bincount(torch.tensor([c[0] for c in r.completion_ids]),
+                            minlength=len(p)).float()
+    tv = 0.5 * (counts / counts.sum() - p).abs().sum().item()
+    assert tv < 0.04, tv   # ~0.02 expected from 3000 draws over 8 outcomes
+
+
 def test_hf_greedy_is_deterministic_and_prefixes_are_forced(tiny):
     model, tokenizer, prompts = tiny
     engine = make_engine("hf", model=model, tokenizer=tokenizer)

@@ -189,10 +189,22 @@ class EvalConfig:
 
 @dataclass
 class LaunchConfig:
-    """How `alignment train` starts processes (Accelerate configs live in launch/)."""
+    """How `alignment train` starts processes. With more than one process it hands the run
+    to a launcher itself (torchrun on CPU, `accelerate launch` on GPUs / DeepSpeed / FSDP);
+    null values come from the Accelerate config file, else single-process defaults."""
 
-    num_processes: int = param(1, "processes to start", gt=0)
-    config_file: str | None = param(None, "accelerate config file (launch/*.yaml)", path=True)
+    config_file: str | None = param(None, "accelerate config file (launch/*.yaml): "
+                                    "distribution type, DeepSpeed / FSDP settings", path=True)
+    num_processes: int | None = param(None, "processes in total, over all machines "
+                                      "(default: the config file's, else 1)", gt=0)
+    num_machines: int | None = param(None, "machines (nodes) taking part (default: the "
+                                     "config file's, else 1)", gt=0)
+    machine_rank: int | None = param(None, "this machine's rank, 0 .. num_machines-1 "
+                                     "(default: the config file's, else 0)", ge=0)
+    main_process_ip: str | None = param(None, "address of machine 0 (rendezvous; default: "
+                                        "the config file's, else 127.0.0.1)")
+    main_process_port: int | None = param(None, "rendezvous port on machine 0 (default: the "
+                                          "config file's, else 29500)", gt=0, le=65535)
 
 
 @dataclass

@@ -34,9 +34,16 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def check_request(prompts: list[list[int]], n: int, prefixes: list[list[int]] | None
-                  ) -> list[list[int]]:
+def sample_seed(prompt_seed: int, k: int) -> int:
+    """The random stream of sample k of a prompt seeded `prompt_seed` (63-bit)."""
+    return (prompt_seed * 1_000_003 + k) % (1 << 63)
+
+
+def check_request(prompts: list[list[int]], n: int, prefixes: list[list[int]] | None,
+                  seeds: list[int] | None = None) -> list[list[int]]:
     """Validate a generate() call; return one (possibly empty) prefix per prompt."""
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     if n < 1:
         raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
     if any(not p for p in prompts):

@@ -65,27 +65,33 @@ class VLLMEngine:
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], n: int = 1,
                  sampling: SamplingParams | None = None,
-                 prefixes: list[list[int]] | None = None) -> Rollouts:
+                 prefixes: list[list[int]] | None = None,
+                 seeds: list[int] | None = None) -> Rollouts:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
         sampling = sampling or SamplingParams()
-        prefixes = check_request(prompts, n, prefixes)
+        prefixes = check_request(prompts, n, prefixes, seeds)
         # vLLM refuses n > 1 with greedy decoding: repeat the prompt instead
         repeat, n = (n, 1) if sampling.greedy else (1, n)
-        params = VLLMSampling(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,
-            max_tokens=sampling.max_new_tokens, logprobs=0,
-            # vLLM 0.32's CPU runner crashes on per-request seeded generators once a
-            # prefill is chunked ("CPU Generator does not use offset"): on CPU the engine's
-            # own seed (set at start-up) is used instead
-            seed=sampling.seed if torch.cuda.is_available() else None,
-            prompt_logprobs=0 if any(prefixes) else None, stop_token_ids=[self.eos_id])
+        # vLLM 0.32's CPU runner crashes on per-request seeded generators once a prefill
+        # is chunked ("CPU Generator does not use offset"): on CPU the engine's own seed
+        # (set at start-up) is used instead, and `seeds` only take effect on GPUs
+        seeded = torch.cuda.is_available() and not sampling.greedy
+
+        def params(i: int):
+            seed = seeds[i] if seeds is not None and seeded else sampling.seed
+            return VLLMSampling(
+                n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                max_tokens=sampling.max_new_tokens, logprobs=0,
+                seed=seed if seeded else None,
+                prompt_logprobs=0 if any(prefixes) else None, stop_token_ids=[self.eos_id])
+
         jobs = [(i, list(p) + list(pre), pre) for i, (p, pre) in
                 enumerate(zip(prompts, prefixes, strict=True)) for _ in range(repeat)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in jobs],
-                                    params, use_tqdm=False)
+                                    [params(i) for i, _, _ in jobs], use_tqdm=False)
         completions, logprobs, reasons, forced, index = [], [], [], [], []
         for (i, _, prefix), out in zip(jobs, outputs, strict=True):
             prefix_lp = _prefix_logps(out.prompt_logprobs, out.prompt_token_ids, len(prefix))

@@ -191,7 +191,8 @@ class Trainer(abc.ABC):
         """One optimizer step over `batches` (gradient accumulation): the loss is the exact
         weighted mean over all micro-batches of all processes. A non-finite loss skips the
         step (counted; `trainer.max_nan_steps` in a row stop the run)."""
-        weights = [float(self.batch_weight(b)) for b in batches]
+        # a "stand_in" batch only keeps a process without data in step with the others
+        weights = [0.0 if b.get("stand_in") else float(self.batch_weight(b)) for b in batches]
         total = self._sum_across_processes(sum(weights))
         if total <= 0:
             raise TrainingError(f"step {self.step + 1}: the batch has nothing to train on "
@@ -208,9 +209,9 @@ class Trainer(abc.ABC):
                 self.accelerator.backward(loss * (weight * self.world / total))
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
-        local = sum(weights)
-        metrics = {k: v / local for k, v in sums.items()} if local else {}
-        metrics = self._mean_across_processes(metrics)
+        keys = sorted(sums)   # the weighted mean over every process's examples
+        totals = self._sum_vector([sums[k] for k in keys] + [sum(weights)])
+        metrics = {k: v / totals[-1] for k, v in zip(keys, totals, strict=False)}
         if not math.isfinite(metrics.get("loss", 0.0)):
             return self._skip_step(metrics)
         self.nan_streak = 0
@@ -376,11 +377,6 @@ class Trainer(abc.ABC):
 
     def _sum_across_processes(self, value: float) -> float:
         return self._sum_vector([value])[0]
-
-    def _mean_across_processes(self, metrics: dict) -> dict:
-        keys = sorted(metrics)
-        values = self._sum_vector([metrics[k] for k in keys])
-        return {k: v / self.world for k, v in zip(keys, values, strict=True)}
 
     def _say(self, text: str) -> None:
         if self.is_main:

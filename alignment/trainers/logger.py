@@ -30,7 +30,11 @@ class MetricsLogger:
             self.jsonl.unlink()  # a fresh run: do not mix with an old one's curves
         elif self.jsonl.exists():  # resumed: keep the curve up to the checkpoint only
             rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
-            self.history = [r for r in rows if r["step"] <= start_step]
+            # (rows of the checkpoint's own step holding only eval/* values were logged
+            # after it was saved: the final evaluation, which the resumed run redoes)
+            self.history = [r for r in rows if r["step"] < start_step or (
+                r["step"] == start_step and not all(k.startswith("eval/") for k in r
+                                                    if k != "step"))]
             atomic.write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.history))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

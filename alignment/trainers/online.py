@@ -43,6 +43,7 @@ class PromptExample:
     text: str                                   # the rendered prompt
     row: dict = field(default_factory=dict)     # answer, tests, ... for the scorers
     where: str = ""
+    index: int = 0                              # position in its data set (sample seeds)
 
 
 @dataclass
@@ -75,7 +76,7 @@ class OnlineTrainer(Trainer):
                     too_long.append(ex.where)
                     continue
                 ids = ids[-d.max_prompt_length:]
-            out.append(PromptExample(ids, text, dict(ex.extra), ex.where))
+            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out)))
         if too_long:
             self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
                       f"={d.max_prompt_length} (first: {too_long[0]})")
@@ -180,24 +181,33 @@ class OnlineTrainer(Trainer):
         return len(self.train_set) // per_step
 
     def _plan(self, epoch: int) -> list[list[int]]:
+        """The prompt order in batches of the GLOBAL prompts per step: it depends on the
+        seed and on how many prompts a step takes in all, not on how many processes."""
         if getattr(self, "_plan_epoch", None) != epoch:
-            self._plan_cache = batching.epoch_plan(self._lengths(),
-                                                   batch_size=self.prompts_per_step,
-                                                   seed=self.cfg.seed, epoch=epoch)
+            self._plan_cache = batching.epoch_plan(
+                self._lengths(), batch_size=self.prompts_per_step * self.world,
+                seed=self.cfg.seed, epoch=epoch)
             self._plan_epoch = epoch
         return self._plan_cache
 
     def _step_prompts(self) -> list[PromptExample]:
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        (mine,) = batching.step_batches(self._plan(epoch), in_epoch, grad_accum=1,
-                                        processes=self.world, rank=self.rank)
-        return [self.train_set[i] for i in mine]
+        step_prompts = self._plan(epoch)[in_epoch]
+        return [self.train_set[i] for i in step_prompts[self.rank::self.world]]
 
     def _extra_prompts(self, round_: int) -> list[PromptExample]:
-        """Dynamic sampling: more prompts for the same step (seeded, so resumable)."""
-        rng = random.Random((self.cfg.seed * 1_000_003 + self.step) * 101 + round_ * 7
-                            + self.rank)
-        return rng.sample(self.train_set, self.prompts_per_step)
+        """Dynamic sampling: more prompts for the same step (seeded, so resumable; drawn
+        for all processes at once, then shared out, like the step's own prompts)."""
+        rng = random.Random((self.cfg.seed * 1_000_003 + self.step) * 101 + round_ * 7)
+        drawn = rng.sample(range(len(self.train_set)),
+                           min(len(self.train_set), self.prompts_per_step * self.world))
+        return [self.train_set[i] for i in drawn[self.rank::self.world]]
+
+    def _prompt_seeds(self, prompts: list[PromptExample], round_: int) -> list[int]:
+        """One random stream per (step, round, prompt): the samples of a prompt do not
+        depend on which process or batch generates them (HF backend; vLLM on GPUs)."""
+        base = (self.cfg.seed * 1_000_003 + self.step) * 1_009 + round_
+        return [(base * 1_000_003 + p.index) % (1 << 62) for p in prompts]
 
     def _train_step(self) -> dict:
         t0 = time.perf_counter()
@@ -210,7 +220,8 @@ class OnlineTrainer(Trainer):
             with _timed(times, "generate"):
                 rollouts = self.engine.generate([p.prompt_ids for p in prompts],
                                                 n=self.samples_per_prompt,
-                                                sampling=self.sampling)
+                                                sampling=self.sampling,
+                                                seeds=self._prompt_seeds(prompts, round_))
             with _timed(times, "score"):
                 rewards, truncated = self._score(prompts, rollouts, info)
             for sample in self.make_batch(rollouts, rewards, truncated, info):
@@ -219,17 +230,24 @@ class OnlineTrainer(Trainer):
             if len(samples) >= self.min_samples:
                 break
         samples = samples[:self.min_samples]   # whole groups: min_samples is P x G
-        if not samples:
+        n_samples = int(self._sum_across_processes(float(len(samples))))   # all processes
+        if not n_samples:
             self.optim.zero_grad()
             self.advance_schedule()
             self._say(f"step {self.step + 1}: no sample with a learning signal after "
                       f"{self.max_rounds} sampling round(s) (every group's rewards were "
                       "equal); step skipped")
-            return {**info.metrics(), "skipped": 1.0, "step_seconds": time.perf_counter() - t0}
+            return {**self._global_means(info), "skipped": 1.0,
+                    "step_seconds": time.perf_counter() - t0}
 
         self.gaps: list[tuple[float, float]] = []   # (mean, max) per micro-batch, 1st pass
         with _timed(times, "update"):
+            stand_in = not samples   # others have samples: join their gradient sync
+            if stand_in:
+                samples = [Sample(prompt_ids=prompts[0].prompt_ids, completion_ids=[self.pad_id],
+                                  sampling_logps=[0.0], loss_mask=[False], reward=0.0)]
             batches = [self.collate(c) for c in _micro_batches(samples, self.cfg.batch_size)]
+            batches[0]["stand_in"] = stand_in
             self.prepare_batches(batches)
             for _ in range(self.update_iterations):
                 metrics = self.update(batches)
@@ -239,14 +257,14 @@ class OnlineTrainer(Trainer):
         with _timed(times, "sync"):
             self.engine.sync_weights(self.policy)
         seconds = time.perf_counter() - t0
-        tokens = sum(b["n_tokens"] for b in batches)
-        metrics.update(info.metrics())
+        tokens = int(self._sum_across_processes(sum(b["n_tokens"] for b in batches)))
+        metrics.update(self._global_means(info))
         metrics.update({f"time/{k}": v for k, v in times.items()})
         if self.is_main:
             with (self.output_dir / "samples.jsonl").open("a") as f:
                 f.writelines(json.dumps(e) + "\n" for e in info.examples)
         metrics.update({"step_seconds": seconds, "tokens": tokens,
-                        "tokens_per_s": tokens / seconds, "samples": len(samples),
+                        "tokens_per_s": tokens / seconds, "samples": n_samples,
                         "epoch": (self.step + 1) / self.steps_per_epoch})
         if self.gaps:
             metrics["rollout/logprob_gap_mean"] = sum(g[0] for g in self.gaps) / len(self.gaps)
@@ -254,6 +272,20 @@ class OnlineTrainer(Trainer):
         if getattr(self.engine, "last_probe_gap", None) is not None:
             metrics["rollout/probe_gap"] = self.engine.last_probe_gap
         return metrics
+
+    def _global_means(self, info: RoundStats) -> dict:
+        """Rollout metrics over the samples of all processes (errors: their total)."""
+        totals = info.totals()
+        keys = sorted(totals)
+        summed = self._sum_vector([totals[k][0] for k in keys] + [totals[k][1] for k in keys])
+        out = {}
+        for i, key in enumerate(keys):
+            value, count = summed[i], summed[len(keys) + i]
+            if key == "reward_errors":
+                out[key] = value
+            elif count:
+                out[key] = value / count
+        return out
 
     @property
     def max_rounds(self) -> int:
@@ -326,16 +358,16 @@ class RoundStats:
         self.lengths.extend(len(c) for c in rollouts.completion_ids)
         self.truncated.extend(truncated)
 
-    def metrics(self) -> dict:
-        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-        out = {"reward": mean(self.rewards), "completion_length": mean(self.lengths),
-               "truncated": mean([float(t) for t in self.truncated]),
-               "reward_errors": float(self.errors)}
-        out.update({f"rewards/{k}": mean(v) for k, v in self.parts.items()})
+    def totals(self) -> dict[str, tuple[float, float]]:
+        """metric -> (sum, count) on this process: summed over processes, then divided."""
+        tally = lambda xs: (float(sum(xs)), float(len(xs)))  # noqa: E731
+        out = {"reward": tally(self.rewards), "completion_length": tally(self.lengths),
+               "truncated": tally([float(t) for t in self.truncated]),
+               "reward_errors": (float(self.errors), 1.0)}
+        out.update({f"rewards/{k}": tally(v) for k, v in self.parts.items()})
         if self.correct:
-            out["accuracy"] = mean(self.correct)
-        if self.groups:
-            out["groups_with_signal"] = self.groups_with_signal / self.groups
+            out["accuracy"] = tally(self.correct)
+        out["groups_with_signal"] = (float(self.groups_with_signal), float(self.groups))
         return out
 
 
