@@ -228,5 +228,7 @@ def test_accelerate_launch_asking_for_two_cpu_processes_is_not_silently_one(tmp_
     out = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", str(recipe)],
                          env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0, out.stderr[-3000:]
-    assert "error: accelerate launch was asked for several processes but started ONE" in out.stderr and "launch.num_processes=N" in out.stderr
+    assert "error: accelerate launch was asked for several processes but started ONE" \
+        in out.stderr
+    assert "launch.num_processes=N" in out.stderr
     assert not (tmp_path / "acc" / "final").exists()

@@ -8,9 +8,10 @@
         clip, optimiser step on fp32 master weights, LR schedule
         log / eval / checkpoint
 
-Accelerate places the model and wraps it for data parallelism; only the main process
-writes files. Subclasses implement `load_examples`, `example_length`, `collate`,
-`batch_weight` and `compute_loss`, and may override `before_training`.
+Accelerate places the model and wraps it for data parallelism (DDP, or a DeepSpeed ZeRO
+engine: see `distributed.py`); only the main process writes files. Subclasses implement
+`load_examples`, `example_length`, `collate`, `batch_weight` and `compute_loss`, and may
+override `before_training`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from alignment.models import (
     resolve_model,
     set_default_system_prompt,
 )
-from alignment.trainers import batching, checkpoint
+from alignment.trainers import batching, checkpoint, distributed
 from alignment.trainers.logger import MetricsLogger
-from alignment.trainers.optim import MasterWeightOptimizer, build_scheduler
+from alignment.trainers.optim import MasterWeightOptimizer, build_optimizer, build_scheduler
 
 
 def set_threads(threads: int | None) -> int:
@@ -58,15 +59,15 @@ class TrainingError(RuntimeError):
 
 class Trainer(abc.ABC):
     def __init__(self, recipe: Recipe, recipe_path: str | None = None):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.recipe, self.cfg = recipe, recipe.trainer
         self.recipe_path = recipe_path
         self.threads = set_threads(self.cfg.threads)
-        self.accelerator = Accelerator()
+        self.accelerator = distributed.make_accelerator()
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
+        self.zero_stage = distributed.zero_stage(self.accelerator)   # 0: no DeepSpeed
         set_seed(self.cfg.seed)
         self.output_dir = Path(recipe.output_dir)
         self.dtype = resolve_dtype(recipe.model.dtype)
@@ -75,9 +76,17 @@ class Trainer(abc.ABC):
         self.train_set = self.load_examples(recipe.data.train, recipe.data.train_limit, "train")
         self.eval_set = (self.load_examples(recipe.data.eval, recipe.data.eval_limit, "eval")
                          if recipe.data.eval else [])
-        self.policy = self.build_policy()
-        self.model = self.accelerator.prepare_model(self.policy)
-        self.optim = MasterWeightOptimizer(list(self.policy.parameters()), self.cfg)
+        self.check_distributed_support()
+        self.policy = self.build_policy()   # (under ZeRO-3 it loads already sharded)
+        if self.zero_stage:
+            distributed.configure_deepspeed(self.accelerator, self.cfg, self.dtype)
+            adamw = build_optimizer([p for p in self.policy.parameters() if p.requires_grad],
+                                    self.cfg)
+            self.model, _ = self.accelerator.prepare(self.policy, adamw)
+            self.optim = distributed.DeepSpeedOptimizer(self.model, adamw)
+        else:
+            self.model = self.accelerator.prepare_model(self.policy)
+            self.optim = MasterWeightOptimizer(list(self.policy.parameters()), self.cfg)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optim.optimizer, self.cfg, self.total_steps)
@@ -107,6 +116,12 @@ class Trainer(abc.ABC):
 
     def before_training(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Work done once before the first step (e.g. reference log-probs)."""
+
+    def check_distributed_support(self) -> None:
+        """Refuse, in one clear sentence, what this trainer cannot do under DeepSpeed."""
+        if self.zero_stage and self.uses_lora:
+            raise TrainingError("LoRA under DeepSpeed is not supported in this version: use "
+                                "DDP (launch/multi_gpu.yaml) for LoRA, or model.lora.r=0")
 
     # ------------------------------------------------------------------ model
     def build_policy(self):
@@ -201,12 +216,18 @@ class Trainer(abc.ABC):
         self.model.train()
         for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
             last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            sync = (contextlib.nullcontext() if last or self.zero_stage
+                    else self.accelerator.no_sync(self.model))
             with sync:
                 loss, metrics = self.compute_loss(batch)
                 # weight/total makes the step's loss the mean over all its examples (or
-                # tokens), whatever the micro-batch sizes; x world undoes DDP's averaging.
-                self.accelerator.backward(loss * (weight * self.world / total))
+                # tokens), whatever the micro-batch sizes; x world undoes the averaging
+                # of gradients over processes (DDP and DeepSpeed both average).
+                scaled = loss * (weight * self.world / total)
+                if self.zero_stage:
+                    self.optim.backward(scaled)
+                else:
+                    self.accelerator.backward(scaled)
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
         keys = sorted(sums)   # the weighted mean over every process's examples
@@ -246,10 +267,10 @@ class Trainer(abc.ABC):
         lengths = [self.example_length(e) for e in self.eval_set]
         sums: dict[str, float] = {}
         count = 0.0
-        for idx in batching.eval_batches(lengths, self.cfg.batch_size, self.world, self.rank):
+        for idx, counted in self.eval_share(batching.eval_batches(lengths, self.cfg.batch_size)):
             batch = self.collate([self.eval_set[i] for i in idx], split="eval")
             loss, metrics = self.compute_loss(batch)
-            weight = float(self.batch_weight(batch))
+            weight = float(self.batch_weight(batch)) if counted else 0.0
             for key, value in {"loss": loss, **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
             count += weight
@@ -262,6 +283,10 @@ class Trainer(abc.ABC):
         """Greedy exact-answer accuracy on recipe.eval.data, before and after training."""
         ev = self.recipe.eval
         if not ev.before_after:
+            return None
+        if self.zero_stage == 3:   # the weights are sharded: one process cannot generate
+            self._say(f"generation eval ({tag} training) skipped under ZeRO-3: run `alignment "
+                      f"eval --model {self.output_dir} --data {ev.data}` afterwards")
             return None
         path = self.output_dir / f"eval_{tag}.json"
         result = None
@@ -286,19 +311,56 @@ class Trainer(abc.ABC):
 
     # ------------------------------------------------------------------ saving
     def save_checkpoint(self, history: list[dict]) -> None:
+        if self.zero_stage:
+            return self._save_deepspeed_checkpoint(history)
         if self.is_main:
-            state = {"step": self.step, "total_steps": self.total_steps,
-                     "epoch": self.step / self.steps_per_epoch, "world": self.world,
-                     "history": history[-1000:]}
             checkpoint.save_checkpoint(
                 self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
-                trainer_state=state, optimizer_state=self.optim.state_dict(),
+                trainer_state=self._trainer_state(history), optimizer_state=self.optim.state_dict(),
                 scheduler_state=self.scheduler.state_dict(),
                 recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
+    def _trainer_state(self, history: list[dict]) -> dict:
+        return {"step": self.step, "total_steps": self.total_steps,
+                "epoch": self.step / self.steps_per_epoch, "world": self.world,
+                "history": history[-1000:]}
+
+    def _save_deepspeed_checkpoint(self, history: list[dict]) -> None:
+        """The same layout plus `deepspeed/` (every process writes its optimizer shard).
+        Assembled under a fixed temporary name all processes agree on, renamed by rank 0."""
+        root = self.output_dir / "checkpoints"
+        target = root / f"step-{self.step:06d}"
+        tmp = root / f".{target.name}.tmp"
+        if self.is_main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp / "deepspeed"))             # collective
+        weights = self.accelerator.get_state_dict(self.model)           # collective (ZeRO-3)
+        if self.is_main:
+            self.policy.save_pretrained(tmp / "model", state_dict=weights)
+            self.tokenizer.save_pretrained(tmp / "model")
+            checkpoint.write_trainer_files(tmp, self._trainer_state(history),
+                                           scheduler_state=self.scheduler.state_dict(),
+                                           recipe_yaml=dump_recipe(self.recipe))
+            checkpoint.publish(tmp, target, keep=self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
     def export_final(self) -> None:
         """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32."""
+        if self.zero_stage:
+            weights = distributed.full_fp32_state_dict(self.policy)    # collective
+            if self.is_main:
+                with atomic.atomic_dir(self.output_dir / "final") as tmp:
+                    self.policy.save_pretrained(tmp, state_dict=weights)
+                    self._export_tokenizer().save_pretrained(tmp)
+                    (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
+                self._say(f"saved {self.output_dir / 'final'}")
+            self.accelerator.wait_for_everyone()
+            return
         if self.is_main:
             model = self.policy
             if self.optim.low_precision:  # write the fp32 master values, not their bf16 copy
@@ -335,10 +397,17 @@ class Trainer(abc.ABC):
         if last is None:
             return
         state, blobs = checkpoint.load_checkpoint(last)
-        if state["world"] != self.world:
+        if self.zero_stage:
+            if state["world"] != self.world or not (last / "deepspeed").is_dir():
+                how = "with" if (last / "deepspeed").is_dir() else "without"
+                raise TrainingError(f"{last} was written by {state['world']} process(es) {how} "
+                                    "DeepSpeed: resume a DeepSpeed run with the same launch "
+                                    "settings")
+            self.accelerator.load_state(str(last / "deepspeed"))   # collective
+        elif state["world"] != self.world:
             self._say(f"note: checkpoint was written by {state['world']} process(es), now "
                       f"{self.world}: the data order continues by global step")
-        self.optim.load_state_dict(blobs["optimizer"])
+        self.optim.load_state_dict(blobs.get("optimizer", {}))
         self.scheduler.load_state_dict(blobs["scheduler"])
         checkpoint.set_rng_state(blobs["rng"])
         self.step = state["step"]
@@ -368,6 +437,13 @@ class Trainer(abc.ABC):
                                                    seed=self.cfg.seed, epoch=epoch)
             self._plan_epoch = epoch
         return self._plan_cache
+
+    def eval_share(self, batches: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """This process's share of evaluation batches, (indices, counted) pairs; under
+        ZeRO-3 padded to equal counts (see `distributed.equal_share`)."""
+        if self.zero_stage == 3:
+            return distributed.equal_share(batches, self.world, self.rank)
+        return [(b, True) for b in batches[self.rank::self.world]]
 
     def _sum_vector(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)

@@ -44,9 +44,8 @@ def step_batches(plan: list[list[int]], step_in_epoch: int, *, grad_accum: int,
     return window[rank::processes]
 
 
-def eval_batches(lengths: Sequence[int], batch_size: int, processes: int,
-                 rank: int) -> list[list[int]]:
-    """Evaluation: sorted by length (least padding), round-robin over processes."""
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation: sorted by length (least padding); processes take them round-robin
+    (`Trainer.eval_share`)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return batches[rank::processes]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -56,13 +56,35 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, trai
     with atomic.atomic_dir(target) as tmp:
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state,
-                    "rng": rng_state()}, tmp / "trainer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        (tmp / "recipe.yaml").write_text(recipe_yaml)
+        write_trainer_files(tmp, trainer_state, scheduler_state=scheduler_state,
+                            recipe_yaml=recipe_yaml, optimizer_state=optimizer_state)
+    prune(output_dir, keep)
+    return target
+
+
+def write_trainer_files(folder: Path, trainer_state: dict, *, scheduler_state: dict,
+                        recipe_yaml: str, optimizer_state: dict | None = None) -> None:
+    """trainer.pt (optimizer unless DeepSpeed holds it, scheduler, RNG), trainer_state.json
+    and recipe.yaml."""
+    blobs = {"scheduler": scheduler_state, "rng": rng_state()}
+    if optimizer_state is not None:
+        blobs["optimizer"] = optimizer_state
+    torch.save(blobs, folder / "trainer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    (folder / "recipe.yaml").write_text(recipe_yaml)
+
+
+def publish(tmp: Path, target: Path, keep: int) -> None:
+    """Rename a completely written checkpoint folder into place, then prune old ones."""
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    prune(target.parent.parent, keep)
+
+
+def prune(output_dir: str | Path, keep: int) -> None:
     for old in checkpoint_dirs(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:

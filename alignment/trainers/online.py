@@ -125,6 +125,14 @@ class OnlineTrainer(Trainer):
         return False
 
     # ------------------------------------------------------------------ set-up
+    def check_distributed_support(self) -> None:
+        super().check_distributed_support()
+        if self.zero_stage == 3:
+            raise TrainingError(
+                "online trainers under ZeRO-3 are not supported in this version (the rollout "
+                "engine needs the whole policy on each process): use ZeRO-2 "
+                "(launch/deepspeed_zero2.yaml) or DDP")
+
     def before_training(self) -> None:
         if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
             (self.output_dir / "samples.jsonl").unlink(missing_ok=True)

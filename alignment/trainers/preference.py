@@ -149,7 +149,7 @@ class PreferenceTrainer(PairData, Trainer):
         self.model.eval()
         lengths = [self.example_length(p) for p in pairs]
         size = max(self.cfg.batch_size, 16)
-        for idx in batching.eval_batches(lengths, size, self.world, self.rank):
+        for idx, counted in self.eval_share(batching.eval_batches(lengths, size)):
             chunk = [pairs[i] for i in idx]
             batch = collate_pairs([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk],
                                   [p.rejected_ids for p in chunk], self.tokenizer.pad_token_id)
@@ -158,6 +158,8 @@ class PreferenceTrainer(PairData, Trainer):
             else:  # full fine-tuning before the first step: the policy IS π_ref
                 logps = pair_logps(self.policy, batch, average=self.average_logps)
             logps = logps.double().cpu()
+            if not counted:   # a repeated batch that only keeps ZeRO-3 processes in step
+                continue
             table[idx, 0] = logps[:len(idx)]
             table[idx, 1] = logps[len(idx):]
         self.model.train()
