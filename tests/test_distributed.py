@@ -60,10 +60,10 @@ def grpo_recipe(tmp_path: Path, policy: str, out: Path, rewards=None, **grpo) ->
     prompts = _rows("add2", 16, tmp_path)
     recipe = {"algorithm": "grpo", "output_dir": str(out),
               "model": {"name": policy, "dtype": "float32"},
-              "data": {"train": prompts, "eval": None, "max_prompt_length": 96,
-                       "max_length": 128},
+              "data": {"train": prompts, "eval": prompts, "eval_limit": 5,
+                       "max_prompt_length": 96, "max_length": 128},
               "trainer": {"lr": 1e-3, "batch_size": 4, "max_steps": 3, "save_every": None,
-                          "scheduler": "constant", "seed": 3},
+                          "scheduler": "constant", "seed": 3, "eval_every": 3},
               "grpo": {"prompts_per_step": 2, "num_generations": 4,
                        "aggregation": "token_mean", **grpo},
               "rollout": {"backend": "hf", "max_new_tokens": 6, "temperature": 1.0},
@@ -133,10 +133,15 @@ def test_grpo_on_two_processes_samples_and_trains_like_one(tmp_path, policy):
     two = train(grpo_recipe(tmp_path, policy, tmp_path / "two"), *two_processes())
     assert two.returncode == 0, two.stderr[-3000:]
     assert_same_model(tmp_path / "one", tmp_path / "two", policy)
-    for r1, r2 in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
-        for key in ("reward", "completion_length", "samples", "tokens", "loss"):
-            assert r2[key] == pytest.approx(r1[key], abs=1e-6), (key, r1, r2)
-        assert 0 < r1["reward"] < 1   # the reward has signal: the comparison means something
+    h1, h2 = history(tmp_path / "one"), history(tmp_path / "two")
+    assert [r["step"] for r in h1] == [r["step"] for r in h2] == [0, 1, 2, 3, 3]
+    for r1, r2 in zip(h1, h2, strict=True):
+        for key in ("reward", "completion_length", "samples", "tokens", "loss",
+                    "eval/accuracy", "eval/completion_length"):   # (eval: 5 prompts, 3 + 2)
+            if key in r1:
+                assert r2[key] == pytest.approx(r1[key], abs=1e-6), (key, r1, r2)
+        if "reward" in r1:   # the reward has signal: the comparison means something
+            assert 0 < r1["reward"] < 1
 
 
 def test_prompt_shards_cover_each_step_once():

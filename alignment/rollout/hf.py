@@ -31,10 +31,13 @@ from alignment.rollout.types import Rollouts, SamplingParams, check_request, sam
 class HFEngine:
     backend = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, synced: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # ZeRO-3 (weights sharded over processes): every forward gathers from all of them,
+        # so all processes decode in lockstep until the last one is done
+        self.synced = synced
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
@@ -86,7 +89,8 @@ class HFEngine:
         ids, mask = ids.to(device), mask.to(device)
         kwargs = {"do_sample": not sampling.greedy, "max_new_tokens": sampling.max_new_tokens,
                   "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
-                  "return_dict_in_generate": True, "output_scores": True}
+                  "return_dict_in_generate": True, "output_scores": True,
+                  "synced_gpus": self.synced}
         seeded = None
         if sampling.greedy:
             pass

@@ -172,6 +172,8 @@ class _merged:
         self.peft = hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
 
     def __enter__(self):
+        if _zero3_sharded(self.model):
+            return _gathered_weights(self.model)
         if not self.peft:
             return list(self.model.state_dict().items())
         self.model.merge_adapter()
@@ -187,6 +189,24 @@ class _merged:
         if self.peft:
             self.model.unmerge_adapter()
         return False
+
+
+def _zero3_sharded(model) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _gathered_weights(model):
+    """ZeRO-3: (name, full tensor) pairs gathered one module at a time, so the trainer
+    never holds the whole model at once (collective: every process iterates in step)."""
+    import deepspeed
+
+    for module_name, module in model.named_modules():
+        params = list(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+            for name, param in params:
+                yield (f"{module_name}.{name}" if module_name else name), param.detach().clone()
 
 
 @contextlib.contextmanager

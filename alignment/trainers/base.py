@@ -77,9 +77,10 @@ class Trainer(abc.ABC):
         self.eval_set = (self.load_examples(recipe.data.eval, recipe.data.eval_limit, "eval")
                          if recipe.data.eval else [])
         self.check_distributed_support()
-        self.policy = self.build_policy()   # (under ZeRO-3 it loads already sharded)
+        if self.zero_stage:   # before loading: ZeRO-3 shards the weights as they load, in
+            distributed.configure_deepspeed(self.accelerator, self.cfg, self.dtype)  # its dtype
+        self.policy = self.build_policy()
         if self.zero_stage:
-            distributed.configure_deepspeed(self.accelerator, self.cfg, self.dtype)
             adamw = build_optimizer([p for p in self.policy.parameters() if p.requires_grad],
                                     self.cfg)
             self.model, _ = self.accelerator.prepare(self.policy, adamw)
@@ -155,7 +156,9 @@ class Trainer(abc.ABC):
                                progress_bar=self.recipe.logging.progress_bar)
         self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
                   f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
-                  f"{self.world} process(es), {self.dtype}) -> {self.output_dir}")
+                  f"{self.world} process(es), {next(self.policy.parameters()).dtype}"
+                  f"{f', ZeRO-{self.zero_stage}' if self.zero_stage else ''}) -> "
+                  f"{self.output_dir}")
         initial = self.evaluate_loss() if self.step == 0 and self.cfg.eval_every else {}
         if initial:
             logger.log(0, initial)   # the curves start from the base model
@@ -453,6 +456,16 @@ class Trainer(abc.ABC):
 
     def _sum_across_processes(self, value: float) -> float:
         return self._sum_vector([value])[0]
+
+    def _max_across_processes(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return float(tensor.item())
+
+    def _all_processes(self, flag: bool) -> bool:
+        """True when `flag` holds on every process (a collective: all must call it)."""
+        return self._sum_across_processes(float(flag)) == self.world
 
     def _say(self, text: str) -> None:
         if self.is_main:

@@ -64,6 +64,10 @@ def configure_deepspeed(accelerator, cfg, dtype: torch.dtype) -> None:
     zero = ds.setdefault("zero_optimization", {})
     zero["stage3_gather_16bit_weights_on_model_save"] = True     # for get_state_dict
     ds["steps_per_print"] = 10**9
+    if zero.get("stage") == 3 or deepspeed_plugin(accelerator).zero3_init_flag:
+        # transformers' sharded loading (zero.Init) reads a COPY of the config taken when
+        # the Accelerator was made: refresh it, or ZeRO-3 weights load (and train) in fp32
+        deepspeed_plugin(accelerator).set_deepspeed_weakref()
 
 
 class DeepSpeedOptimizer:

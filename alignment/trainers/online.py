@@ -125,14 +125,6 @@ class OnlineTrainer(Trainer):
         return False
 
     # ------------------------------------------------------------------ set-up
-    def check_distributed_support(self) -> None:
-        super().check_distributed_support()
-        if self.zero_stage == 3:
-            raise TrainingError(
-                "online trainers under ZeRO-3 are not supported in this version (the rollout "
-                "engine needs the whole policy on each process): use ZeRO-2 "
-                "(launch/deepspeed_zero2.yaml) or DDP")
-
     def before_training(self) -> None:
         if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
             (self.output_dir / "samples.jsonl").unlink(missing_ok=True)
@@ -149,9 +141,10 @@ class OnlineTrainer(Trainer):
         if backend == "auto":
             backend = "vllm" if vllm_available() else "hf"
         t0 = time.perf_counter()
+        options = (self._vllm_options() if backend == "vllm"
+                   else {"synced": self.zero_stage == 3})   # ZeRO-3: decode in lockstep
         self.engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
-                                  model_path=str(self.model_path),
-                                  **(self._vllm_options() if backend == "vllm" else {}))
+                                  model_path=str(self.model_path), **options)
         self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "
                   "to start)")
 
@@ -235,8 +228,9 @@ class OnlineTrainer(Trainer):
             for sample in self.make_batch(rollouts, rewards, truncated, info):
                 sample.group += round_ * len(prompts)
                 samples.append(sample)
-            if len(samples) >= self.min_samples:
-                break
+            enough = len(samples) >= self.min_samples
+            if self._all_processes(enough) if self.zero_stage == 3 else enough:
+                break   # (ZeRO-3: generation is collective, so rounds end together)
         samples = samples[:self.min_samples]   # whole groups: min_samples is P x G
         n_samples = int(self._sum_across_processes(float(len(samples))))   # all processes
         if not n_samples:
@@ -256,6 +250,10 @@ class OnlineTrainer(Trainer):
                                   sampling_logps=[0.0], loss_mask=[False], reward=0.0)]
             batches = [self.collate(c) for c in _micro_batches(samples, self.cfg.batch_size)]
             batches[0]["stand_in"] = stand_in
+            if self.zero_stage == 3:   # every forward/backward is collective: equal counts
+                most = int(self._max_across_processes(len(batches)))
+                batches += [{**self.collate(samples[:1]), "stand_in": True}
+                            for _ in range(most - len(batches))]
             self.prepare_batches(batches)
             for _ in range(self.update_iterations):
                 metrics = self.update(batches)
@@ -333,14 +331,20 @@ class OnlineTrainer(Trainer):
         if not self.eval_set or not hasattr(self, "engine"):
             return {}
         sampling = SamplingParams(temperature=0.0, max_new_tokens=self.recipe.eval.max_new_tokens)
-        rollouts = self.engine.generate([e.prompt_ids for e in self.eval_set], n=1,
-                                        sampling=sampling)
-        correct = [is_correct(text, self.eval_set[i].row.get("answer", ""))
-                   for text, i in zip(rollouts.texts, rollouts.prompt_index, strict=True)]
-        length = sum(len(c) for c in rollouts.completion_ids) / max(len(rollouts), 1)
+        share = self.eval_share(self.eval_set)   # each process answers its share
+        correct, length = [], 0
+        if share:
+            rollouts = self.engine.generate([e.prompt_ids for e, _ in share], n=1,
+                                            sampling=sampling)
+            for text, ids, i in zip(rollouts.texts, rollouts.completion_ids,
+                                    rollouts.prompt_index, strict=True):
+                example, counted = share[i]
+                if counted:   # (not a repeat that only keeps ZeRO-3 processes in step)
+                    correct.append(is_correct(text, example.row.get("answer", "")))
+                    length += len(ids)
         values = self._sum_vector([sum(correct), len(correct), length])
         return {"eval/accuracy": values[0] / max(values[1], 1),
-                "eval/completion_length": values[2] / self.world}
+                "eval/completion_length": values[2] / max(values[1], 1)}
 
 
 class RoundStats:
