@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout bench-scaling clean
 
 setup:
 	bash scripts/setup.sh
@@ -34,6 +34,10 @@ bench-grpo: setup
 # vLLM vs HF generate tokens/s (batch 32 and 128) and sync_weights time.
 bench-rollout: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/rollout.py --json bench/rollout.json
+
+# One DPO recipe on 1 process, 2 (DDP), ZeRO-2 and ZeRO-3: s/step, tokens/s.
+bench-scaling: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/scaling.py --json bench/scaling.json
 
 lint: setup
 	.venv/bin/ruff check alignment reward_models tests bench data
