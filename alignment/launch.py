@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from alignment.config import ConfigError, Recipe
 
 CPU_DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
+SUPPORTED = (*CPU_DATA_PARALLEL, "DEEPSPEED")
 LAUNCHED = "ALIGNMENT_LAUNCHED"
 
 
@@ -85,6 +86,10 @@ def plan(recipe: Recipe) -> LaunchPlan:
         use_cpu=bool(file_cfg.get("use_cpu", False)) or not _has_gpu(),
         config_file=launch.config_file)
     problems = []
+    if result.distributed_type not in SUPPORTED:
+        problems.append(f"launch.config_file: distributed_type {result.distributed_type} is "
+                        f"not supported (use one of {', '.join(SUPPORTED)}; for sharding, "
+                        "launch/deepspeed_zero3.yaml)")
     if result.num_processes % result.num_machines:
         problems.append(f"launch.num_processes={result.num_processes} is not a multiple of "
                         f"launch.num_machines={result.num_machines} (it counts processes "

@@ -237,3 +237,44 @@ def test_accelerate_launch_asking_for_two_cpu_processes_is_not_silently_one(tmp_
         in out.stderr
     assert "launch.num_processes=N" in out.stderr
     assert not (tmp_path / "acc" / "final").exists()
+
+
+@pytest.mark.parametrize("launch, message", [
+    ({"num_processes": 3, "num_machines": 2}, "is not a multiple of launch.num_machines=2"),
+    ({"num_processes": 2, "num_machines": 2, "machine_rank": 2}, "launch.machine_rank=2 must"),
+    ({"config_file": "FSDP"}, "distributed_type FSDP is not supported"),
+])
+def test_bad_launch_settings_are_reported(tmp_path, launch, message):
+    from alignment import launch as launcher
+    from alignment.config import ConfigError, recipe_from_dict
+
+    if launch.get("config_file") == "FSDP":
+        path = tmp_path / "fsdp.yaml"
+        path.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+        launch = {"config_file": str(path)}
+    recipe = recipe_from_dict({"algorithm": "dpo", "launch": launch})
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        launcher.plan(recipe)
+
+
+def test_launch_plan_reads_the_config_file_and_the_recipe_wins(tmp_path):
+    from alignment import launch as launcher
+    from alignment.config import recipe_from_dict
+
+    recipe = recipe_from_dict({"algorithm": "dpo", "launch": {
+        "config_file": str(ROOT / "launch/multi_node.yaml"), "machine_rank": 1,
+        "main_process_ip": "10.1.2.3"}})
+    p = launcher.plan(recipe)
+    assert (p.num_processes, p.num_machines, p.machine_rank, p.per_machine) == (16, 2, 1, 8)
+    assert (p.main_process_ip, p.main_process_port, p.distributed_type) == \
+        ("10.1.2.3", 29500, "MULTI_GPU")
+    cmd, env = launcher.command("recipes/dpo.yaml", ["trainer.lr=1e-5"], p)
+    assert env["ALIGNMENT_LAUNCHED"] == "1"
+    assert cmd[-5:] == ["-m", "alignment.cli", "train", "recipes/dpo.yaml", "trainer.lr=1e-5"]
+    if p.use_cpu:   # (this machine): torchrun, 8 processes here, node 1 of 2
+        assert env["ACCELERATE_USE_CPU"] == "1"
+        for arg in ("--nproc_per_node=8", "--nnodes=2", "--node_rank=1",
+                    "--master_addr=10.1.2.3", "--master_port=29500"):
+            assert arg in cmd
+    else:
+        assert cmd[1:4] == ["launch", "--config_file", str(ROOT / "launch/multi_node.yaml")]

@@ -119,7 +119,12 @@ class Trainer(abc.ABC):
         """Work done once before the first step (e.g. reference log-probs)."""
 
     def check_distributed_support(self) -> None:
-        """Refuse, in one clear sentence, what this trainer cannot do under DeepSpeed."""
+        """Refuse, in one clear sentence, what this trainer cannot run under."""
+        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        if kind not in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"):
+            raise TrainingError(f"distributed type {kind} is not supported in this version: "
+                                "use DDP (launch/multi_gpu.yaml) or DeepSpeed "
+                                "(launch/deepspeed_zero*.yaml)")
         if self.zero_stage and self.uses_lora:
             raise TrainingError("LoRA under DeepSpeed is not supported in this version: use "
                                 "DDP (launch/multi_gpu.yaml) for LoRA, or model.lora.r=0")
@@ -354,16 +359,8 @@ class Trainer(abc.ABC):
 
     def export_final(self) -> None:
         """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32."""
-        if self.zero_stage:
-            weights = distributed.full_fp32_state_dict(self.policy)    # collective
-            if self.is_main:
-                with atomic.atomic_dir(self.output_dir / "final") as tmp:
-                    self.policy.save_pretrained(tmp, state_dict=weights)
-                    self._export_tokenizer().save_pretrained(tmp)
-                    (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
-                self._say(f"saved {self.output_dir / 'final'}")
-            self.accelerator.wait_for_everyone()
-            return
+        # DeepSpeed holds the fp32 master weights (sharded): gather them, on every process
+        weights = distributed.full_fp32_state_dict(self.policy) if self.zero_stage else None
         if self.is_main:
             model = self.policy
             if self.optim.low_precision:  # write the fp32 master values, not their bf16 copy
@@ -375,7 +372,7 @@ class Trainer(abc.ABC):
                 if self.uses_lora:
                     model.save_pretrained(tmp / "adapter")
                     model = model.merge_and_unload()
-                model.save_pretrained(tmp)
+                model.save_pretrained(tmp, state_dict=weights)
                 self._export_tokenizer().save_pretrained(tmp)
                 (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
             self._say(f"saved {self.output_dir / 'final'}")
