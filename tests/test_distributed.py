@@ -174,6 +174,27 @@ def test_a_crash_on_one_rank_stops_all_ranks(tmp_path, policy):
     assert not (tmp_path / "crash" / "final").exists()
 
 
+def reward_with_signal_on_rank_0_only(prompts, completions, rows):
+    if os.environ.get("RANK") == "1":
+        return [0.0] * len(completions)   # every group equal: DAPO drops them all
+    return [float(c.startswith(" ")) for c in completions]
+
+
+def test_a_rank_left_without_samples_keeps_step_with_the_others(tmp_path, policy):
+    """DAPO's dynamic sampling can leave one rank with nothing to train on: it joins the
+    others' gradient sync with a zero-weight stand-in batch instead of hanging, and the
+    step trains on rank 0's samples alone."""
+    recipe = grpo_recipe(tmp_path, policy, tmp_path / "lonely", rewards=[
+        {"name": "test_distributed:reward_with_signal_on_rank_0_only"}],
+        dynamic_sampling=True, max_sampling_rounds=2)
+    out = train(recipe, *two_processes("data.eval=null"), timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in history(tmp_path / "lonely") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(0 < r["samples"] <= 8 for r in rows)   # rank 0's 2 prompts x 4 at most
+    assert all(r["grad_norm"] > 0 for r in rows if not r.get("skipped"))
+
+
 def test_two_machines_on_localhost_train_together(tmp_path, policy):
     """The command lines of a 2-node job (one per node, machine ranks 0 and 1, one
     rendezvous address), both on 127.0.0.1, 1 process each, gloo."""

@@ -244,16 +244,11 @@ class OnlineTrainer(Trainer):
 
         self.gaps: list[tuple[float, float]] = []   # (mean, max) per micro-batch, 1st pass
         with _timed(times, "update"):
-            stand_in = not samples   # others have samples: join their gradient sync
-            if stand_in:
-                samples = [Sample(prompt_ids=prompts[0].prompt_ids, completion_ids=[self.pad_id],
-                                  sampling_logps=[0.0], loss_mask=[False], reward=0.0)]
             batches = [self.collate(c) for c in _micro_batches(samples, self.cfg.batch_size)]
-            batches[0]["stand_in"] = stand_in
-            if self.zero_stage == 3:   # every forward/backward is collective: equal counts
-                most = int(self._max_across_processes(len(batches)))
-                batches += [{**self.collate(samples[:1]), "stand_in": True}
-                            for _ in range(most - len(batches))]
+            # processes step together: each needs one backward at least (DDP's gradient
+            # sync), under ZeRO-3 the same number (every forward gathers the weights)
+            need = self._max_across_processes(len(batches)) if self.zero_stage == 3 else 1
+            batches += [self._stand_in_batch(prompts[0]) for _ in range(int(need) - len(batches))]
             self.prepare_batches(batches)
             for _ in range(self.update_iterations):
                 metrics = self.update(batches)
@@ -278,6 +273,13 @@ class OnlineTrainer(Trainer):
         if getattr(self.engine, "last_probe_gap", None) is not None:
             metrics["rollout/probe_gap"] = self.engine.last_probe_gap
         return metrics
+
+    def _stand_in_batch(self, prompt: PromptExample) -> dict:
+        """A one-token batch of zero weight: it trains nothing, but lets a process with no
+        samples of its own take part in the collective steps of the others."""
+        sample = Sample(prompt_ids=prompt.prompt_ids, completion_ids=[self.pad_id],
+                        sampling_logps=[0.0], loss_mask=[False], reward=0.0)
+        return {**self.collate([sample]), "stand_in": True}
 
     def _global_means(self, info: RoundStats) -> dict:
         """Rollout metrics over the samples of all processes (errors: their total)."""
