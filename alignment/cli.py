@@ -111,7 +111,7 @@ def _train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if not launch.inside_launched_process():
         plan = launch.plan(recipe)
-        if plan.multi_process:   # start the processes; each runs this command again
+        if plan.needs_launcher:   # start the processes; each runs this command again
             return launch.launch(args.recipe, args.overrides, plan)
         launch.check_single_process_start()
     run_recipe(recipe, recipe_path=args.recipe)

@@ -4,7 +4,8 @@
         -> python -m torch.distributed.run --nproc_per_node 2 ... -m alignment.cli train ...
 
 The recipe's `launch:` section (or the Accelerate config file it names) says how many
-processes and machines. With one process the run stays in this process. With more:
+processes and machines. With one process the run stays in this process (unless the config
+is DeepSpeed's, which needs `accelerate launch` even for one). With more:
 
 - on CPU, for plain data parallelism (`NO` / `MULTI_CPU` / `MULTI_GPU` configs), we start
   torchrun ourselves with `ACCELERATE_USE_CPU=1`: `accelerate launch` on a CPU fans out only
@@ -52,8 +53,11 @@ class LaunchPlan:
         return self.num_processes // self.num_machines
 
     @property
-    def multi_process(self) -> bool:
-        return self.num_processes > 1 or self.num_machines > 1
+    def needs_launcher(self) -> bool:
+        """Several processes, or DeepSpeed (even on one: its settings reach `Accelerator()`
+        only through the environment `accelerate launch` prepares)."""
+        return (self.num_processes > 1 or self.num_machines > 1
+                or self.distributed_type == "DEEPSPEED")
 
 
 def read_accelerate_config(path: str | None) -> dict:

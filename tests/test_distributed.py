@@ -289,6 +289,12 @@ def test_launch_plan_reads_the_config_file_and_the_recipe_wins(tmp_path):
     assert (p.num_processes, p.num_machines, p.machine_rank, p.per_machine) == (16, 2, 1, 8)
     assert (p.main_process_ip, p.main_process_port, p.distributed_type) == \
         ("10.1.2.3", 29500, "MULTI_GPU")
+    assert p.needs_launcher
+    single = launcher.plan(recipe_from_dict({"algorithm": "dpo"}))
+    assert not single.needs_launcher and single.num_processes == 1
+    one_zero = launcher.plan(recipe_from_dict({"algorithm": "dpo", "launch": {
+        "config_file": str(ROOT / "launch/deepspeed_zero2.yaml"), "num_processes": 1}}))
+    assert one_zero.needs_launcher   # DeepSpeed on one process still goes through accelerate
     cmd, env = launcher.command("recipes/dpo.yaml", ["trainer.lr=1e-5"], p)
     assert env["ALIGNMENT_LAUNCHED"] == "1"
     assert cmd[-5:] == ["-m", "alignment.cli", "train", "recipes/dpo.yaml", "trainer.lr=1e-5"]
