@@ -65,8 +65,11 @@ def read_accelerate_config(path: str | None) -> dict:
         return {}
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        loaded = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"launch.config_file: {path} is not valid YAML: {exc}"]) from None
     if not isinstance(loaded, dict):
         raise ConfigError([f"launch.config_file: {path} is not an Accelerate config mapping"])
     return loaded

@@ -264,6 +264,7 @@ def test_accelerate_launch_asking_for_two_cpu_processes_is_not_silently_one(tmp_
     ({"num_processes": 3, "num_machines": 2}, "is not a multiple of launch.num_machines=2"),
     ({"num_processes": 2, "num_machines": 2, "machine_rank": 2}, "launch.machine_rank=2 must"),
     ({"config_file": "FSDP"}, "distributed_type FSDP is not supported"),
+    ({"config_file": "BROKEN"}, "is not valid YAML"),
 ])
 def test_bad_launch_settings_are_reported(tmp_path, launch, message):
     from alignment import launch as launcher
@@ -272,6 +273,10 @@ def test_bad_launch_settings_are_reported(tmp_path, launch, message):
     if launch.get("config_file") == "FSDP":
         path = tmp_path / "fsdp.yaml"
         path.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+        launch = {"config_file": str(path)}
+    if launch.get("config_file") == "BROKEN":
+        path = tmp_path / "broken.yaml"
+        path.write_text("distributed_type: [MULTI_CPU\n")
         launch = {"config_file": str(path)}
     recipe = recipe_from_dict({"algorithm": "dpo", "launch": launch})
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
