@@ -1,14 +1,31 @@
 """Loss functions: tensors in, ``(loss, metrics)`` out; one algorithm per module."""
 
+from .apa import apa_loss, awr_loss
 from .dpo import dpo_loss
+from .gae import gae, whiten
+from .grpo import group_advantages, grpo_loss
 from .ipo import ipo_loss
+from .kl import k1_kl, k3_kl
 from .logps import sequence_logps, token_logps
+from .ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from .reward import bradley_terry_loss
 
 __all__ = [
+    "adaptive_kl_coef",
+    "apa_loss",
+    "awr_loss",
     "bradley_terry_loss",
     "dpo_loss",
+    "gae",
+    "group_advantages",
+    "grpo_loss",
     "ipo_loss",
+    "k1_kl",
+    "k3_kl",
+    "kl_penalized_rewards",
+    "ppo_policy_loss",
+    "ppo_value_loss",
     "sequence_logps",
     "token_logps",
+    "whiten",
 ]

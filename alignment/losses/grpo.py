@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from alignment.losses.kl import k3_kl
+
 AGGREGATIONS = ("grpo", "token_mean", "dr_grpo")
 
 
@@ -38,12 +40,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     elif scale:  # a single sample: no spread to normalise by, and r − mean is 0 anyway
         centred = torch.zeros_like(centred)
     return centred.view(-1).to(rewards.dtype)
-
-
-def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(π_θ‖π_ref) at the sampled tokens (unbiased, ≥ 0)."""
-    delta = ref_logps - logps
-    return torch.exp(delta) - delta - 1
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,

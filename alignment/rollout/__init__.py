@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from alignment.rollout.hf import HFEngine
+from alignment.rollout.resets import sample_resets
 from alignment.rollout.types import Rollouts, SamplingParams
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -58,4 +59,5 @@ def logprob_gap(sampling_logps: torch.Tensor, trainer_logps: torch.Tensor,
             "rollout/logprob_gap_max": gap.max().item()}
 
 
-__all__ = ["BACKENDS", "HFEngine", "Rollouts", "SamplingParams", "logprob_gap", "make_engine"]
+__all__ = ["BACKENDS", "HFEngine", "Rollouts", "SamplingParams", "logprob_gap", "make_engine",
+           "sample_resets"]

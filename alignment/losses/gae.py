@@ -1,0 +1,73 @@
+"""Generalised advantage estimation and masked whitening, as PPO-style trainers use them.
+
+GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized
+Advantage Estimation", Eq. 16; the per-token LLM form of Ziegler et al. 2019 / the N+
+implementation details of RLHF with PPO (Huang et al. 2024), ALGORITHMS.md §1.2:
+
+    δ_t = r_t + γ V(s_{t+1}) − V(s_t)          V after the last valid token is 0
+    A_t = δ_t + γ λ A_{t+1}                     computed backwards, A_{T+1} = 0
+    G_t = A_t + V(s_t)                          the value target ("returns")
+
+`mask` marks the tokens that belong to the episode: the response tokens the policy chose.
+They are contiguous but need not start at 0 (DR-PO's reset prefix is context, not
+actions), and everything off the mask is 0 in every output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(mask: torch.Tensor, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dim() != 2 or t.shape != mask.shape:
+            raise ValueError(f"expected (batch, tokens) tensors shaped like mask "
+                             f"{tuple(mask.shape)}, got {tuple(t.shape)}")
+
+
+@torch.no_grad()
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns), both (batch, tokens) and 0 off `mask`."""
+    _check(mask, rewards, values)
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
+    m = mask.to(values.dtype)
+    values, rewards = values * m, rewards * m     # V after the episode (and on pads) is 0
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    width = values.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * m[:, t]   # resets before the episode
+        advantages[:, t] = running
+    return advantages, (advantages + values) * m
+
+
+def masked_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of the `mask`ed entries of x."""
+    valid = x[mask.bool()]
+    if valid.numel() == 0:
+        return x.new_zeros(()), x.new_zeros(())
+    mean = valid.mean()
+    return mean, ((valid - mean) ** 2).mean()
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, *,
+           mean: torch.Tensor | float | None = None,
+           var: torch.Tensor | float | None = None) -> torch.Tensor:
+    """(x − μ) / √(σ² + 1e-8) over the valid entries (population variance); with
+    `shift_mean=False` the mean is added back (N+ reward whitening: scale only).
+    `mean`/`var` replace the statistics of x, e.g. by ones gathered over processes."""
+    _check(mask, x)
+    if (mean is None) != (var is None):
+        raise ValueError("pass both mean and var, or neither")
+    if mean is None:
+        mean, var = masked_mean_var(x, mask)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
