@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config.schema import ALGORITHMS, ONLINE, ONLINE_SECTIONS, Recipe
+from alignment.config.schema import ALGORITHMS, CRITIC, ONLINE, ONLINE_SECTIONS, Recipe
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,9 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         if online_only in raw and algorithm in ALGORITHMS and algorithm not in ONLINE:
             problems.append(f"section '{online_only}' applies to online algorithms only "
                             f"({', '.join(ONLINE)}), not '{algorithm}'")
+    if "critic" in raw and algorithm in ALGORITHMS and algorithm not in CRITIC:
+        problems.append(f"section 'critic' applies to algorithms with a value model "
+                        f"({', '.join(CRITIC)}), not '{algorithm}'")
     recipe = _build(Recipe, raw, "", problems)
     if not problems:
         _check_paths(recipe, "", Path(base_dir), problems)
@@ -76,6 +79,8 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     if recipe.algorithm not in ONLINE:
         for name in ONLINE_SECTIONS:
             data.pop(name, None)
+    if recipe.algorithm not in CRITIC:
+        data.pop("critic", None)
     return data
 
 
@@ -288,8 +293,25 @@ def _check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         from reward_models.registry import check_specs
 
         problems.extend(check_specs(recipe.rewards))
+    if recipe.algorithm in CRITIC:
+        _check_critic(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
+
+
+def _check_critic(recipe: Recipe, problems: list[str]) -> None:
+    c = recipe.critic
+    if c.init == "reward_model" and not c.path:
+        problems.append("critic.init is 'reward_model' but critic.path is not set (a "
+                        "sequence-classification folder, e.g. runs/reward_model)")
+    if c.init == "policy" and c.path:
+        problems.append(f"critic.path ({c.path}) is only read with critic.init: reward_model")
+    if c.lora.r == 0 and c.lora.dropout > 0:
+        problems.append("critic.lora.dropout is set but critic LoRA is off (critic.lora.r = 0)")
+    for key, lora in (("model", recipe.model.lora), ("critic", c.lora)):
+        if lora.r > 0 and lora.dropout > 0:   # ratio != 1 at the first update (§1.5)
+            problems.append(f"{key}.lora.dropout must be 0 for {recipe.algorithm}: dropout makes "
+                            "the policy/critic differ between rollout and update")
 
 
 def _unknown_key_message(key: str) -> str:

@@ -124,12 +124,23 @@ class RewardModelConfig:
 
 
 @dataclass
-class GRPOConfig:
+class OnlineConfig:
+    """Keys every online algorithm's section has (the loop in `OnlineTrainer` reads them)."""
+
+    prompts_per_step: int = param(8, "prompts sampled per step (per process)", gt=0)
+    overlong_cache: int = param(0, "DAPO soft overlong punishment: the last N tokens of "
+                                "rollout.max_new_tokens ramp the reward down to -1; 0 = off",
+                                ge=0)
+    mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
+                                 "loss (DAPO's overlong filtering)")
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
     """GRPO (Shao et al. 2024) and its DAPO / Dr. GRPO variants; ALGORITHMS.md section 8.
     One step = `prompts_per_step` prompts x `num_generations` samples, scored, then
     `iterations` optimizer updates on that batch (micro-batches of trainer.batch_size)."""
 
-    prompts_per_step: int = param(8, "prompts sampled per step (per process)", gt=0)
     num_generations: int = param(8, "samples per prompt G (the group)", ge=2)
     beta: float = param(0.0, "k3 KL coefficient in the loss (paper 0.04); 0 = no reference "
                         "model is loaded", ge=0.0)
@@ -149,11 +160,83 @@ class GRPOConfig:
                                    "sample more prompts to refill the batch")
     max_sampling_rounds: int = param(3, "dynamic sampling: generation rounds per step at most",
                                      ge=1)
-    overlong_cache: int = param(0, "DAPO soft overlong punishment: the last N tokens of "
-                                "rollout.max_new_tokens ramp the reward down to -1; 0 = off",
-                                ge=0)
-    mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
-                                 "loss (DAPO's overlong filtering)")
+
+
+@dataclass
+class ActorCriticConfig(OnlineConfig):
+    """The actor-critic loop shared by PPO, APA and DR-PO (ALGORITHMS.md §1.2-1.3): per step
+    `prompts_per_step` x `samples_per_prompt` rollouts -> per-token rewards (score at the
+    last token, KL in the reward) -> GAE with the critic -> whitened advantages ->
+    `epochs` x `minibatches` optimizer steps on policy + value loss."""
+
+    prompts_per_step: int = param(16, "prompts sampled per step (per process)", gt=0)
+    samples_per_prompt: int = param(4, "samples per prompt (1 in the papers; more reuse the "
+                                    "prompt's forward pass)", gt=0)
+    epochs: int = param(4, "passes over each rollout batch (PPO epochs)", ge=1)
+    minibatches: int = param(1, "optimizer steps per pass (the batch split by prompt)", ge=1)
+    gamma: float = param(1.0, "discount", ge=0.0, le=1.0)
+    gae_lambda: float = param(0.95, "GAE lambda", ge=0.0, le=1.0)
+    kl_coef: float = param(0.05, "beta_KL: per-token KL penalty in the reward; 0 = none (and no "
+                           "reference model unless the loss needs one)", ge=0.0)
+    kl_estimator: Literal["k1", "k3"] = param("k1", "per-token KL estimate in the reward")
+    kl_target: float | None = param(None, "adaptive KL (Ziegler et al.): steer beta_KL so the "
+                                    "per-sequence KL nears this; null = fixed kl_coef", gt=0.0)
+    kl_horizon: float = param(10000.0, "adaptive KL horizon, in samples", gt=0.0)
+    whiten_rewards: bool = param(False, "scale per-token rewards by their std over the batch "
+                                 "(mean kept; N+ / DR-PO code)")
+    vf_coef: float = param(0.1, "value-loss weight c_v", ge=0.0)
+    value_clip: float | None = param(0.2, "value clip range eps_v; null = unclipped", gt=0.0)
+    missing_eos_penalty: float | None = param(
+        -1.0, "score of a response that hit rollout.max_new_tokens without EOS (N+ 'EOS "
+        "trick'); null = keep the scorer's", le=0.0)
+
+
+@dataclass
+class PPOConfig(ActorCriticConfig):
+    """PPO (Schulman et al. 2017) as in RLHF (InstructGPT, N+); ALGORITHMS.md section 1."""
+
+    clip: float = param(0.2, "ratio clip range epsilon", gt=0.0, le=1.0)
+
+
+@dataclass
+class APAConfig(ActorCriticConfig):
+    """APA (Zhu et al. 2023): squared error of log pi onto log pi_init + A/lam;
+    ALGORITHMS.md section 4. Defaults follow microsoft/RLHF-APA."""
+
+    lam: float = param(0.1, "advantage coefficient lambda (the code's adv_coeff_sq = 1/lam)",
+                       gt=0.0)
+    epochs: int = param(2, "passes over each rollout batch", ge=1)
+    kl_coef: float = param(0.0, "per-token KL penalty in the reward; 0 as in the reference "
+                           "code (the anchor to pi_init does the KL control)", ge=0.0)
+    vf_coef: float = param(1.0, "value-loss weight", ge=0.0)
+    value_clip: float | None = param(None, "value clip range; null = unclipped (the code)",
+                                     gt=0.0)
+
+
+@dataclass
+class DRPOConfig(PPOConfig):
+    """DR-PO (Chang et al. 2024): PPO whose rollouts start from prefixes of the data's
+    reference responses; ALGORITHMS.md section 7. Forced tokens are context: no policy
+    loss, no KL, no value loss on them."""
+
+    reset_prob: float = param(1.0, "probability that a sample is reset (beta_reset; 0 = PPO)",
+                              ge=0.0, le=1.0)
+    reset_column: str = param("completion", "data column holding the reference response "
+                              "(text) to reset into")
+
+
+@dataclass
+class CriticConfig:
+    """The value model of PPO, APA and DR-PO: trained with the policy, in the same module,
+    engine and optimizer (its own learning rate)."""
+
+    init: Literal["policy", "reward_model"] = param(
+        "policy", "policy = the policy's weights with a fresh scalar head; reward_model = a "
+        "sequence-classification folder (critic.path), as InstructGPT / N+ do")
+    path: str | None = param(None, "reward-model folder (or training output dir) for "
+                             "init: reward_model", path=True)
+    lr: float | None = param(None, "critic learning rate; null = trainer.lr", gt=0.0)
+    lora: LoraConfig = section(LoraConfig)
 
 
 @dataclass
@@ -215,16 +298,18 @@ class LoggingConfig:
     progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
 
 
-ALGORITHMS = ("dpo", "ipo", "reward_model", "grpo")
-ONLINE = ("grpo",)                        # algorithms that sample from the policy
+ALGORITHMS = ("dpo", "ipo", "reward_model", "grpo", "ppo", "apa", "drpo")
+ONLINE = ("grpo", "ppo", "apa", "drpo")   # algorithms that sample from the policy
 ONLINE_SECTIONS = ("rollout", "rewards")  # recipe sections only they use
+CRITIC = ("ppo", "apa", "drpo")          # algorithms with a value model (`critic:`)
 
 
 @dataclass
 class Recipe:
     """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
 
-    algorithm: Literal["dpo", "ipo", "reward_model", "grpo"] = param(help="the trainer to run")
+    algorithm: Literal["dpo", "ipo", "reward_model", "grpo", "ppo", "apa", "drpo"] = param(
+        help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
     model: ModelConfig = section(ModelConfig)
@@ -234,6 +319,10 @@ class Recipe:
     ipo: IPOConfig = section(IPOConfig)
     reward_model: RewardModelConfig = section(RewardModelConfig)
     grpo: GRPOConfig = section(GRPOConfig)
+    ppo: PPOConfig = section(PPOConfig)
+    apa: APAConfig = section(APAConfig)
+    drpo: DRPOConfig = section(DRPOConfig)
+    critic: CriticConfig = section(CriticConfig)
     rollout: RolloutConfig = section(RolloutConfig)
     rewards: list[dict] = param(
         default_factory=lambda: [{"name": "exact_answer"}],

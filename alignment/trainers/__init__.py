@@ -11,6 +11,9 @@ TRAINERS: dict[str, str] = {
     "ipo": "alignment.trainers.ipo:IPOTrainer",
     "reward_model": "alignment.trainers.reward_model:RewardModelTrainer",
     "grpo": "alignment.trainers.grpo:GRPOTrainer",
+    "ppo": "alignment.trainers.ppo:PPOTrainer",
+    "apa": "alignment.trainers.apa:APATrainer",
+    "drpo": "alignment.trainers.drpo:DRPOTrainer",
 }
 
 

@@ -80,14 +80,15 @@ class Trainer(abc.ABC):
         if self.zero_stage:   # before loading: ZeRO-3 shards the weights as they load, in
             distributed.configure_deepspeed(self.accelerator, self.cfg, self.dtype)  # its dtype
         self.policy = self.build_policy()
+        self.trainable = self.build_trainable()   # what the engine wraps and the optimizer steps
+        groups = self.param_groups()
         if self.zero_stage:
-            adamw = build_optimizer([p for p in self.policy.parameters() if p.requires_grad],
-                                    self.cfg)
-            self.model, _ = self.accelerator.prepare(self.policy, adamw)
+            adamw = build_optimizer(groups, self.cfg)
+            self.model, _ = self.accelerator.prepare(self.trainable, adamw)
             self.optim = distributed.DeepSpeedOptimizer(self.model, adamw)
         else:
-            self.model = self.accelerator.prepare_model(self.policy)
-            self.optim = MasterWeightOptimizer(list(self.policy.parameters()), self.cfg)
+            self.model = self.accelerator.prepare_model(self.trainable)
+            self.optim = MasterWeightOptimizer(groups, self.cfg)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optim.optimizer, self.cfg, self.total_steps)
@@ -144,6 +145,33 @@ class Trainer(abc.ABC):
             if lora.r > 0:
                 model.enable_input_require_grads()
         return model
+
+    def build_trainable(self) -> torch.nn.Module:
+        """The one module trained in this run: the policy (actor-critic trainers: policy and
+        critic together)."""
+        return self.policy
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.trainable.parameters() if p.requires_grad]}]
+
+    def extra_models(self) -> dict[str, torch.nn.Module]:
+        """Models saved next to the policy in checkpoints and `final/` (e.g. "critic")."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """Algorithm state kept in every checkpoint (e.g. an adaptive KL coefficient)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:  # noqa: B027 - optional hook
+        """Restore `extra_state()` on resume."""
+
+    def _module_state(self, weights: dict | None, name: str) -> dict | None:
+        """A gathered state dict of `trainable` cut down to one of its models."""
+        if weights is None or self.trainable is self.policy:
+            return weights
+        from alignment.value_model import split_state
+
+        return split_state(weights, name)
 
     @property
     def uses_lora(self) -> bool:
@@ -324,6 +352,7 @@ class Trainer(abc.ABC):
         if self.is_main:
             checkpoint.save_checkpoint(
                 self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
+                extra_models=self.extra_models(),
                 trainer_state=self._trainer_state(history), optimizer_state=self.optim.state_dict(),
                 scheduler_state=self.scheduler.state_dict(),
                 recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
@@ -332,7 +361,7 @@ class Trainer(abc.ABC):
     def _trainer_state(self, history: list[dict]) -> dict:
         return {"step": self.step, "total_steps": self.total_steps,
                 "epoch": self.step / self.steps_per_epoch, "world": self.world,
-                "history": history[-1000:]}
+                "extra": self.extra_state(), "history": history[-1000:]}
 
     def _save_deepspeed_checkpoint(self, history: list[dict]) -> None:
         """The same layout plus `deepspeed/` (every process writes its optimizer shard).
@@ -349,8 +378,12 @@ class Trainer(abc.ABC):
         self.accelerator.save_state(str(tmp / "deepspeed"))             # collective
         weights = self.accelerator.get_state_dict(self.model)           # collective (ZeRO-3)
         if self.is_main:
-            self.policy.save_pretrained(tmp / "model", state_dict=weights)
+            self.policy.save_pretrained(tmp / "model",
+                                        state_dict=self._module_state(weights, "policy"))
             self.tokenizer.save_pretrained(tmp / "model")
+            for name, extra in self.extra_models().items():
+                extra.save_pretrained(tmp / name, state_dict=self._module_state(weights, name))
+                self.tokenizer.save_pretrained(tmp / name)
             checkpoint.write_trainer_files(tmp, self._trainer_state(history),
                                            scheduler_state=self.scheduler.state_dict(),
                                            recipe_yaml=dump_recipe(self.recipe))
@@ -360,20 +393,19 @@ class Trainer(abc.ABC):
     def export_final(self) -> None:
         """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32."""
         # DeepSpeed holds the fp32 master weights (sharded): gather them, on every process
-        weights = distributed.full_fp32_state_dict(self.policy) if self.zero_stage else None
+        weights = distributed.full_fp32_state_dict(self.trainable) if self.zero_stage else None
         if self.is_main:
-            model = self.policy
             if self.optim.low_precision:  # write the fp32 master values, not their bf16 copy
-                model = model.float()
+                self.trainable.float()
                 with torch.no_grad():
                     for p, m in zip(self.optim.params, self.optim.master, strict=True):
                         p.copy_(m)
             with atomic.atomic_dir(self.output_dir / "final") as tmp:
-                if self.uses_lora:
-                    model.save_pretrained(tmp / "adapter")
-                    model = model.merge_and_unload()
-                model.save_pretrained(tmp, state_dict=weights)
+                _save_merged(self.policy, tmp, self._module_state(weights, "policy"))
                 self._export_tokenizer().save_pretrained(tmp)
+                for name, extra in self.extra_models().items():
+                    _save_merged(extra, tmp / name, self._module_state(weights, name))
+                    self._export_tokenizer().save_pretrained(tmp / name)
                 (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
             self._say(f"saved {self.output_dir / 'final'}")
         self.accelerator.wait_for_everyone()
@@ -409,6 +441,7 @@ class Trainer(abc.ABC):
                       f"{self.world}: the data order continues by global step")
         self.optim.load_state_dict(blobs.get("optimizer", {}))
         self.scheduler.load_state_dict(blobs["scheduler"])
+        self.load_extra_state(state.get("extra", {}))
         checkpoint.set_rng_state(blobs["rng"])
         self.step = state["step"]
         self._say(f"resuming from {last} (step {self.step} of {self.total_steps})")
@@ -467,3 +500,11 @@ class Trainer(abc.ABC):
     def _say(self, text: str) -> None:
         if self.is_main:
             print(text, file=sys.stderr, flush=True)
+
+
+def _save_merged(model, folder: Path, state_dict: dict | None) -> None:
+    """A plain HF folder; a PEFT model is merged (its adapter also kept, in `adapter/`)."""
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(folder / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(folder, state_dict=state_dict)

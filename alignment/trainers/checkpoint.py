@@ -3,6 +3,7 @@
 Layout of `output_dir/checkpoints/step-000050/`:
   model/            save_pretrained of the policy (the LoRA adapter alone when LoRA is on)
                     and its tokenizer: loadable as is
+  critic/           the same for the value model (actor-critic trainers)
   trainer.pt        fp32 master weights, optimiser and scheduler state, RNG states
   trainer_state.json  step, epoch, position in the epoch, metric history
   recipe.yaml       the resolved recipe that produced it
@@ -51,11 +52,12 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, trainer_state: dict,
                     optimizer_state: dict, scheduler_state: dict, recipe_yaml: str,
-                    keep: int) -> Path:
+                    keep: int, extra_models: dict | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     with atomic.atomic_dir(target) as tmp:
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
+        for name, m in {"model": model, **(extra_models or {})}.items():
+            m.save_pretrained(tmp / name)
+            tokenizer.save_pretrained(tmp / name)
         write_trainer_files(tmp, trainer_state, scheduler_state=scheduler_state,
                             recipe_yaml=recipe_yaml, optimizer_state=optimizer_state)
     prune(output_dir, keep)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses.grpo import aggregation_weight, group_advantages, grpo_loss, overlong_penalty
-from alignment.rollout import Rollouts, logprob_gap
+from alignment.losses.grpo import aggregation_weight, group_advantages, grpo_loss
+from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
 from alignment.trainers.sequences import group_token_logps
 
@@ -47,13 +47,7 @@ class GRPOTrainer(OnlineTrainer):
     # ------------------------------------------------------------------ samples
     def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
                    info: RoundStats) -> list[Sample]:
-        lengths = torch.tensor([len(c) for c in rollouts.completion_ids])
-        shaped = torch.tensor(rewards, dtype=torch.float64)
-        if self.g.overlong_cache:
-            penalty = overlong_penalty(lengths, self.recipe.rollout.max_new_tokens,
-                                       self.g.overlong_cache)
-            info.parts.setdefault("overlong_penalty", []).extend(penalty.tolist())
-            shaped = shaped + penalty
+        shaped = torch.tensor(rewards, dtype=torch.float64)   # (overlong penalty included)
         G = self.g.num_generations
         advantages = group_advantages(shaped, G, scale=self.g.scale_rewards,
                                       eps=self.g.std_eps)
@@ -99,10 +93,7 @@ class GRPOTrainer(OnlineTrainer):
         old = batch["old_logps"].to(device) if "old_logps" in batch else logps.detach()
         ref = batch["ref_logps"].to(device) if "ref_logps" in batch else None
         mask = mask.to(device)
-        if not batch.get("gap_logged") and mask.any():   # first pass: engine vs trainer
-            gap = logprob_gap(batch["sampling_logps"].to(device), logps.detach(), mask)
-            self.gaps.append((gap["rollout/logprob_gap_mean"], gap["rollout/logprob_gap_max"]))
-            batch["gap_logged"] = True
+        self.note_logprob_gap(batch, logps)   # first pass: engine vs trainer
         loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
                                   clip_low=self.g.clip_low, clip_high=self.g.clip_high,
                                   beta=self.g.beta, aggregation=self.g.aggregation,

@@ -1,17 +1,20 @@
-"""The online loop shared by every trainer that learns from its own samples (GRPO now;
-PPO, APA, DR-PO, online CoPG later):
+"""The online loop shared by every trainer that learns from its own samples (GRPO and its
+variants; PPO, APA and DR-PO with a critic):
 
     for step in range(start, total):
         prompts  <- this step's share of the (seeded, resumable) prompt order
-        samples  <- engine.generate(prompts, n=G)             # vLLM or HF, in-process
-        rewards  <- scorer(prompts, samples, rows)            # reward_models, per part
-        batch    <- algorithm.make_batch(samples, rewards)    # e.g. group advantages
-        repeat `iterations` times: optimizer step on batch    # base Trainer.update
-        engine.sync_weights(policy)                           # in place, verified
+        samples  <- engine.generate(prompts, n)                # vLLM or HF, in-process
+        rewards  <- scorer(prompts, samples, rows) (+ overlong penalty)
+        batch    <- algorithm.make_batch(samples, rewards)     # e.g. group advantages
+        algorithm.prepare_batches(batch)                       # π_old, π_ref, values, GAE
+        for each optimizer step of algorithm.update_plan:      # μ iterations / K x M
+            update(step's micro-batches)                       # base Trainer.update
+        engine.sync_weights(policy)                            # in place, verified
 
 A subclass supplies `make_batch` (advantages, which samples to keep) and
-`compute_loss`. The step logs rewards (total and per part), accuracy, completion
-length, the engine/trainer log-prob gap and where the time went.
+`compute_loss`; DR-PO also `generate_rollouts` (resets). The step logs rewards (total and
+per part), accuracy, completion length, the engine/trainer log-prob gap and where the
+time went (generate / score / prepare / update / sync).
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ from dataclasses import dataclass, field
 import torch
 
 from alignment.data import DataError, load_examples, render_prompt
+from alignment.losses.grpo import overlong_penalty
 from alignment.models import load_causal_lm, resolve_model
-from alignment.rollout import Rollouts, SamplingParams, make_engine, vllm_available
+from alignment.rollout import (
+    Rollouts,
+    SamplingParams,
+    logprob_gap,
+    make_engine,
+    vllm_available,
+)
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
 from alignment.trainers.sequences import collate_groups, group_token_logps
@@ -44,6 +54,7 @@ class PromptExample:
     row: dict = field(default_factory=dict)     # answer, tests, ... for the scorers
     where: str = ""
     index: int = 0                              # position in its data set (sample seeds)
+    reset_ids: list[int] | None = None          # DR-PO: the reference response, tokenised
 
 
 @dataclass
@@ -60,6 +71,11 @@ class Sample:
 
 
 class OnlineTrainer(Trainer):
+    @property
+    def algo(self):
+        """The recipe section of this run's algorithm (an `OnlineConfig`)."""
+        return getattr(self.recipe, self.recipe.algorithm)
+
     # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list[PromptExample]:
         d = self.recipe.data
@@ -212,21 +228,18 @@ class OnlineTrainer(Trainer):
 
     def _train_step(self) -> dict:
         t0 = time.perf_counter()
-        times = dict.fromkeys(("generate", "score", "update", "sync"), 0.0)
+        times = dict.fromkeys(("generate", "score", "prepare", "update", "sync"), 0.0)
         samples, info = [], RoundStats()
         prompts = self._step_prompts()
         for round_ in range(self.max_rounds):
             if round_ > 0:
                 prompts = self._extra_prompts(round_)
             with _timed(times, "generate"):
-                rollouts = self.engine.generate([p.prompt_ids for p in prompts],
-                                                n=self.samples_per_prompt,
-                                                sampling=self.sampling,
-                                                seeds=self._prompt_seeds(prompts, round_))
+                scored, rollouts = self.generate_rollouts(prompts, round_)
             with _timed(times, "score"):
-                rewards, truncated = self._score(prompts, rollouts, info)
+                rewards, truncated = self._score(scored, rollouts, info)
             for sample in self.make_batch(rollouts, rewards, truncated, info):
-                sample.group += round_ * len(prompts)
+                sample.group += round_ * len(scored)
                 samples.append(sample)
             enough = len(samples) >= self.min_samples
             if self._all_processes(enough) if self.zero_stage == 3 else enough:
@@ -243,17 +256,22 @@ class OnlineTrainer(Trainer):
                     "step_seconds": time.perf_counter() - t0}
 
         self.gaps: list[tuple[float, float]] = []   # (mean, max) per micro-batch, 1st pass
-        with _timed(times, "update"):
-            batches = [self.collate(c) for c in _micro_batches(samples, self.cfg.batch_size)]
+        with _timed(times, "prepare"):
+            batches = [self.collate(c) for c in
+                       _micro_batches(samples, self.micro_batch_size(len(samples)))]
             # processes step together: each needs one backward at least (DDP's gradient
             # sync), under ZeRO-3 the same number (every forward gathers the weights)
             need = self._max_across_processes(len(batches)) if self.zero_stage == 3 else 1
             batches += [self._stand_in_batch(prompts[0]) for _ in range(int(need) - len(batches))]
-            self.prepare_batches(batches)
-            for _ in range(self.update_iterations):
-                metrics = self.update(batches)
-                if metrics.get("skipped"):
+            metrics = self.prepare_batches(batches) or {}
+        with _timed(times, "update"):
+            updates = []
+            for step_batches in self.update_plan(batches, prompts[0]):
+                updates.append(self.update(step_batches))
+                if updates[-1].get("skipped"):
                     break
+            metrics.update(_mean_metrics(updates))
+        self.after_update(metrics, n_samples)
         self.advance_schedule()
         with _timed(times, "sync"):
             self.engine.sync_weights(self.policy)
@@ -261,6 +279,7 @@ class OnlineTrainer(Trainer):
         tokens = int(self._sum_across_processes(sum(b["n_tokens"] for b in batches)))
         metrics.update(self._global_means(info))
         metrics.update({f"time/{k}": v for k, v in times.items()})
+        metrics.update(self.step_metrics())
         if self.is_main:
             with (self.output_dir / "samples.jsonl").open("a") as f:
                 f.writelines(json.dumps(e) + "\n" for e in info.examples)
@@ -304,11 +323,50 @@ class OnlineTrainer(Trainer):
         """Samples a full step holds (sampling rounds stop once they are reached)."""
         return self.prompts_per_step * self.samples_per_prompt
 
-    def prepare_batches(self, batches: list[dict]) -> None:
-        """Per-batch tensors computed once before the updates (old/ref log-probs)."""
+    def generate_rollouts(self, prompts: list[PromptExample], round_: int
+                          ) -> tuple[list[PromptExample], Rollouts]:
+        """Sample `samples_per_prompt` completions of each prompt; returns the prompts the
+        rollouts' `prompt_index` refers to, and the rollouts."""
+        rollouts = self.engine.generate([p.prompt_ids for p in prompts], n=self.samples_per_prompt,
+                                        sampling=self.sampling,
+                                        seeds=self._prompt_seeds(prompts, round_))
+        return prompts, rollouts
+
+    def micro_batch_size(self, n_samples: int) -> int:
+        return self.cfg.batch_size
+
+    def prepare_batches(self, batches: list[dict]) -> dict | None:
+        """Per-batch tensors computed once before the updates (old/ref log-probs, values,
+        advantages); may return rollout metrics for the step's log."""
+
+    def update_plan(self, batches: list[dict], prompt: PromptExample) -> list[list[dict]]:
+        """The optimizer steps taken on one rollout batch, each a list of micro-batches
+        (`prompt` makes stand-in batches where a process needs one). Default: the whole
+        batch, `update_iterations` times."""
+        return [batches] * self.update_iterations
+
+    def after_update(self, metrics: dict, n_samples: int) -> None:  # noqa: B027 - optional
+        """Called once per step after the updates (e.g. an adaptive KL controller)."""
+
+    def step_metrics(self) -> dict:
+        """Extra per-step values for the log."""
+        return {}
+
+    def note_logprob_gap(self, batch: dict, trainer_logps: torch.Tensor) -> None:
+        """Engine vs trainer log-probs of the sampled tokens, once per micro-batch per step:
+        a growing gap means the engine samples from other weights than those trained."""
+        mask = batch["loss_mask"].to(trainer_logps.device)
+        if batch.get("gap_logged") or not mask.any():
+            return
+        gap = logprob_gap(batch["sampling_logps"].to(trainer_logps.device),
+                          trainer_logps.detach(), mask)
+        self.gaps.append((gap["rollout/logprob_gap_mean"], gap["rollout/logprob_gap_max"]))
+        batch["gap_logged"] = True
 
     def _score(self, prompts: list[PromptExample], rollouts: Rollouts,
                info: RoundStats) -> tuple[list[float], list[bool]]:
+        """Scores from the recipe's rewards (errors counted, scored 0), plus DAPO's soft
+        overlong penalty when `overlong_cache` is set; and which samples were truncated."""
         rows = [prompts[i].row for i in rollouts.prompt_index]
         texts = [prompts[i].text for i in rollouts.prompt_index]
         result = self.scorer.score(texts, rollouts.texts, rows)
@@ -324,7 +382,14 @@ class OnlineTrainer(Trainer):
             info.examples = [{"step": self.step + 1, "prompt": prompts[rollouts.prompt_index[i]]
                               .text[-120:], "completion": rollouts.texts[i],
                               "reward": result.rewards[i]} for i in range(min(4, len(rollouts)))]
-        return list(result.rewards), truncated
+        rewards = list(result.rewards)
+        if self.algo.overlong_cache:
+            lengths = torch.tensor([len(c) for c in rollouts.completion_ids])
+            penalty = overlong_penalty(lengths, self.recipe.rollout.max_new_tokens,
+                                       self.algo.overlong_cache).tolist()
+            info.parts.setdefault("overlong_penalty", []).extend(penalty)
+            rewards = [r + p for r, p in zip(rewards, penalty, strict=True)]
+        return rewards, truncated
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_loss(self) -> dict:
@@ -404,6 +469,17 @@ def _micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
             out[-1].extend(run)
         else:
             out.append(list(run))
+    return out
+
+
+def _mean_metrics(updates: list[dict]) -> dict:
+    """The mean of each metric over a step's optimizer updates (lr and skips: the last)."""
+    if not updates:
+        return {}
+    out = {k: sum(u[k] for u in updates if k in u) / sum(k in u for u in updates)
+           for k in updates[-1]}
+    out.update({k: updates[-1][k] for k in ("lr", "skipped") if k in updates[-1]})
+    out["updates"] = float(len(updates))
     return out
 
 

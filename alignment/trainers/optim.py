@@ -19,16 +19,22 @@ from alignment.config.schema import TrainerConfig
 
 
 class MasterWeightOptimizer:
-    """An optimiser over fp32 copies of (possibly bf16) trainable parameters."""
+    """An optimiser over fp32 copies of (possibly bf16) trainable parameters. `params` is a
+    list of parameters or of torch parameter groups (dicts with "params" and options such
+    as their own "lr")."""
 
-    def __init__(self, params: list[torch.nn.Parameter], cfg: TrainerConfig):
-        self.params = [p for p in params if p.requires_grad]
+    def __init__(self, params: list, cfg: TrainerConfig):
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+        self.params = [p for g in groups for p in g["params"]]
         self.low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for p in self.params)
         if self.low_precision:
-            self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+            copies = {id(p): p.detach().float().clone().requires_grad_(True) for p in self.params}
+            self.master = [copies[id(p)] for p in self.params]
+            groups = [{**g, "params": [copies[id(p)] for p in g["params"]]} for g in groups]
         else:
             self.master = self.params
-        self.optimizer = build_optimizer(self.master, cfg)
+        self.optimizer = build_optimizer(groups, cfg)
         self.max_grad_norm = cfg.max_grad_norm
 
     def step(self) -> float:
@@ -67,7 +73,8 @@ class MasterWeightOptimizer:
                 p.copy_(saved)
 
 
-def build_optimizer(params: list[torch.Tensor], cfg: TrainerConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: list, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """`params`: tensors, or torch parameter groups (each may set its own "lr")."""
     if cfg.optimizer == "adamw":
         # fused: one kernel over all tensors (CPU too, torch >= 2.4), ~2x the foreach speed
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -178,26 +178,53 @@ def collate_groups(prompt_ids: list[list[int]], groups: list[list[list[int]]],
 
 def group_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
     """(samples, C) log π of each completion token of a `collate_groups` batch."""
+    out = model(**_group_inputs(model, batch))
+    return _group_logps(out["logits"], batch, temperature)
+
+
+def group_logps_and_values(model, batch: dict, *, temperature: float = 1.0
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, C) log π and V(s_t) of each completion token, one forward of an
+    `ActorCritic` module; V(s_t) is read where token t is predicted (the state before it)."""
+    out = model(**_group_inputs(model, batch))
+    return (_group_logps(out["logits"], batch, temperature),
+            select_completion_columns(out["values"], batch))
+
+
+def _group_inputs(model, batch: dict) -> dict:
     _, k, width_c = batch["group_layout"]
     device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device),
-                logits_to_keep=k * width_c + 1, use_cache=False)
-    logits = out.logits               # (n, k*C + 1, V): columns P-1 .. end
-    # completion j's token 0 is predicted by the last prompt token (kept column 0), its
-    # token t >= 1 by its own token t-1 (kept column j*C + t)
+    return {"input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "position_ids": batch["position_ids"].to(device),
+            "logits_to_keep": k * width_c + 1, "use_cache": False}
+
+
+def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
+    """(n, k*C + 1, ...) per-position outputs of the last k*C + 1 positions (columns P-1 ..
+    end) -> (samples, C, ...): the output at the position that predicts each completion
+    token. Completion j's token 0 is predicted by the last prompt token (kept column 0),
+    its token t >= 1 by its own token t-1 (kept column j*C + t)."""
+    _, k, width_c = batch["group_layout"]
+    device = kept.device
     cols = torch.cat([torch.cat([torch.zeros(1, dtype=torch.long),
                                  torch.arange(j * width_c + 1, (j + 1) * width_c)])
                       for j in range(k)]).to(device)
+    n = kept.shape[0]
+    filled = _filled(batch["group_sizes"], k).to(device)
+    return kept[:, cols].reshape(n * k, width_c, *kept.shape[2:])[filled]
+
+
+def _group_logps(logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    _, k, width_c = batch["group_layout"]
+    device = logits.device
     labels = batch["input_ids"][:, -k * width_c:].to(device)                 # (n, k*C)
     n = labels.shape[0]
-    mask = batch["completion_mask"]
     filled = _filled(batch["group_sizes"], k).to(device)
     labels = labels.reshape(n * k, width_c)[filled]
-    per_token = token_logps(logits[:, cols].reshape(n * k, width_c, -1)[filled],
-                            labels.masked_fill(~mask.to(device), 0), temperature)
-    return per_token
+    mask = batch["completion_mask"].to(device)
+    return token_logps(select_completion_columns(logits, batch),
+                       labels.masked_fill(~mask, 0), temperature)
 
 
 def _filled(sizes: list[int], k: int) -> torch.Tensor:

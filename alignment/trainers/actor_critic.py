@@ -1,0 +1,267 @@
+"""The actor-critic step shared by PPO, APA and DR-PO (ALGORITHMS.md §1.2), on the online
+loop of `OnlineTrainer`:
+
+    rollouts             engine.generate (DR-PO: from reset prefixes)
+    scores               the recipe's rewards; a response without EOS scores
+                         `missing_eos_penalty` (N+'s EOS trick)
+    π_old, π_ref, V_old  one no-grad pass each, at the rollout temperature
+    r_t                  −β_KL·k_t per token, + the score at the last real token
+                         (optionally whitened over the batch, mean kept)
+    Â_t, G_t             GAE with the critic, Â whitened over every token of the step
+    K epochs x M minibatches of  algorithm.policy_loss + c_v · value loss
+    β_KL                 adaptive (Ziegler et al.) when `kl_target` is set
+
+Policy and critic are one module (`ActorCritic`): one Accelerate / DeepSpeed engine, one
+optimizer with a parameter group per model (`critic.lr`), one checkpoint (critic in
+`critic/`, restored on resume with the KL coefficient). Statistics that span the batch
+(whitening, KL) are taken over every process, so N processes compute what one would.
+The masks: `loss_mask` marks the tokens the policy chose; tokens a reset forced (DR-PO)
+and samples excluded by `mask_truncated` are off it for rewards, values and losses.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import random
+
+import torch
+
+from alignment.config import ConfigError
+from alignment.losses.gae import gae, whiten
+from alignment.losses.kl import k1_kl
+from alignment.losses.ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_value_loss
+from alignment.rollout import Rollouts
+from alignment.trainers.base import TrainingError
+from alignment.trainers.online import OnlineTrainer, PromptExample, RoundStats, Sample
+from alignment.trainers.sequences import (
+    group_logps_and_values,
+    group_token_logps,
+    select_completion_columns,
+)
+from alignment.value_model import (
+    ActorCritic,
+    CriticError,
+    disable_dropout,
+    load_critic,
+    token_values,
+)
+
+
+class ActorCriticTrainer(OnlineTrainer):
+    anchored_on_init = False   # APA: the loss needs π_init's log-probs (the reference)
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.algo.samples_per_prompt
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.algo.prompts_per_step
+
+    def needs_reference(self) -> bool:
+        return self.algo.kl_coef > 0 or self.algo.kl_target is not None or self.anchored_on_init
+
+    @property
+    def kl_coef(self) -> float:
+        return getattr(self, "_kl_coef", self.algo.kl_coef)
+
+    @abc.abstractmethod
+    def policy_loss(self, logps: torch.Tensor, batch: dict, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict]:
+        """The algorithm's policy term on one micro-batch (tensors on logps' device)."""
+
+    # ------------------------------------------------------------------ models
+    def check_distributed_support(self) -> None:
+        super().check_distributed_support()
+        if self.zero_stage == 3:
+            raise TrainingError(f"{self.recipe.algorithm} under DeepSpeed ZeRO-3 is not "
+                                "supported in this version: use ZeRO-2 "
+                                "(launch/deepspeed_zero2.yaml) or DDP")
+        if self.zero_stage and self.recipe.critic.lora.r > 0:
+            raise TrainingError("critic LoRA under DeepSpeed is not supported in this version: "
+                                "use DDP (launch/multi_gpu.yaml), or critic.lora.r=0")
+
+    def build_trainable(self) -> torch.nn.Module:
+        c = self.recipe.critic
+        try:
+            critic = load_critic(c.init, str(self.model_path), self.dtype, path=c.path,
+                                 pad_token_id=self.tokenizer.pad_token_id)
+        except CriticError as exc:
+            raise ConfigError([str(exc)], self.recipe_path) from None
+        if c.lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            critic = get_peft_model(critic, LoraConfig(
+                r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=0.0,
+                target_modules=c.lora.target_modules, task_type="SEQ_CLS"))
+        if self.recipe.model.gradient_checkpointing:
+            critic.gradient_checkpointing_enable()
+            if c.lora.r > 0:
+                critic.enable_input_require_grads()
+        self.critic = critic
+        return ActorCritic(disable_dropout(self.policy), critic)
+
+    def param_groups(self) -> list[dict]:
+        trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+        return [{"params": trainable(self.policy)},
+                {"params": trainable(self.critic), "lr": self.recipe.critic.lr or self.cfg.lr}]
+
+    def extra_models(self) -> dict[str, torch.nn.Module]:
+        return {"critic": self.critic}
+
+    def extra_state(self) -> dict:
+        return {"kl_coef": self.kl_coef}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "kl_coef" in state:
+            self._kl_coef = float(state["kl_coef"])
+
+    def _load_reference(self):
+        ref = super()._load_reference()
+        return disable_dropout(ref) if ref is not None else None
+
+    # ------------------------------------------------------------------ samples
+    def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
+                   info: RoundStats) -> list[Sample]:
+        penalty = self.algo.missing_eos_penalty
+        samples = []
+        for i, (ids, lps) in enumerate(zip(rollouts.completion_ids, rollouts.logprobs,
+                                           strict=True)):
+            keep = not (self.algo.mask_truncated and truncated[i])
+            forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
+            samples.append(Sample(
+                prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
+                completion_ids=list(ids) or [self.tokenizer.eos_token_id],
+                sampling_logps=list(lps) or [0.0],
+                loss_mask=[keep and not f for f in forced] or [False],
+                reward=penalty if truncated[i] and penalty is not None else rewards[i],
+                group=rollouts.prompt_index[i]))
+        return samples
+
+    def micro_batch_size(self, n_samples: int) -> int:
+        """Small enough that every minibatch gets at least one micro-batch."""
+        return max(1, min(self.cfg.batch_size, math.ceil(n_samples / self.algo.minibatches)))
+
+    # ------------------------------------------------------------------ rollout phase
+    @torch.no_grad()
+    def prepare_batches(self, batches: list[dict]) -> dict:
+        """π_old, π_ref and V_old per micro-batch; then rewards, GAE and whitening with
+        statistics over the whole step (every micro-batch of every process)."""
+        temperature = self.recipe.rollout.temperature
+        seq_kl = torch.zeros(2, dtype=torch.float64)    # Σ over samples of Σ_t k1, samples
+        for b in batches:
+            mask = b["loss_mask"]
+            b["old_logps"] = group_token_logps(self.policy, b, temperature=temperature).float()
+            device = b["old_logps"].device
+            mask = b["loss_mask"] = mask.to(device)
+            self.note_logprob_gap(b, b["old_logps"])
+            b["old_values"] = self._values(b)
+            ref = (self.reference_token_logps(b).float() if self.needs_reference()
+                   else b["old_logps"])   # (no reference: no KL term, KL logged as 0)
+            b["ref_logps"] = ref
+            b["token_rewards"] = kl_penalized_rewards(
+                b["rewards"].to(device, torch.float32), b["old_logps"], ref, mask,
+                kl_coef=self.kl_coef if self.needs_reference() else 0.0,
+                estimator=self.algo.kl_estimator)
+            if not b.get("stand_in"):
+                per_seq = (k1_kl(b["old_logps"], ref) * mask).sum(1)[mask.any(1)]
+                seq_kl += torch.tensor([per_seq.sum().item(), per_seq.numel()],
+                                       dtype=torch.float64)
+        if self.algo.whiten_rewards:
+            mean, var = self._global_mean_var([(b["token_rewards"], b["loss_mask"])
+                                               for b in batches])
+            for b in batches:
+                b["token_rewards"] = whiten(b["token_rewards"], b["loss_mask"], shift_mean=False,
+                                            mean=mean, var=var)
+        for b in batches:
+            b["raw_advantages"], b["returns"] = gae(b["token_rewards"], b["old_values"],
+                                                    b["loss_mask"], gamma=self.algo.gamma,
+                                                    lam=self.algo.gae_lambda)
+        mean, var = self._global_mean_var([(b["raw_advantages"], b["loss_mask"])
+                                           for b in batches])
+        for b in batches:
+            b["token_advantages"] = whiten(b["raw_advantages"], b["loss_mask"], mean=mean, var=var)
+        return self._rollout_metrics(batches, seq_kl, var)
+
+    def _values(self, batch: dict) -> torch.Tensor:
+        _, k, width_c = batch["group_layout"]
+        device = next(self.critic.parameters()).device
+        kept = token_values(self.critic, input_ids=batch["input_ids"].to(device),
+                            attention_mask=batch["attention_mask"].to(device),
+                            position_ids=batch["position_ids"].to(device), keep=k * width_c + 1)
+        return select_completion_columns(kept, batch)
+
+    def _global_mean_var(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        """Mean and population variance of the masked entries over every process."""
+        sums = [0.0, 0.0, 0.0]
+        for x, mask in pairs:
+            valid = x[mask.bool()].double()
+            sums = [sums[0] + valid.numel(), sums[1] + valid.sum().item(),
+                    sums[2] + (valid ** 2).sum().item()]
+        n, total, squares = self._sum_vector(sums)
+        if n == 0:
+            return 0.0, 0.0
+        mean = total / n
+        return mean, max(squares / n - mean * mean, 0.0)
+
+    def _rollout_metrics(self, batches: list[dict], seq_kl: torch.Tensor, adv_var: float
+                         ) -> dict:
+        pairs_v = [(b["old_values"], b["loss_mask"]) for b in batches]
+        pairs_g = [(b["returns"], b["loss_mask"]) for b in batches]
+        pairs_e = [(b["returns"] - b["old_values"], b["loss_mask"]) for b in batches]
+        v_mean, _ = self._global_mean_var(pairs_v)
+        g_mean, g_var = self._global_mean_var(pairs_g)
+        _, e_var = self._global_mean_var(pairs_e)
+        kl_sum, kl_n = self._sum_vector(seq_kl.tolist())
+        out = {"critic/values": v_mean, "critic/returns": g_mean,
+               # 1 − Var(G − V)/Var(G): 1 = the critic predicts the returns, ≤ 0 = no better
+               # than their mean
+               "critic/explained_variance": 1.0 - e_var / g_var if g_var > 0 else 0.0,
+               "advantages/raw_std": math.sqrt(adv_var)}
+        if self.needs_reference():
+            out["policy/kl"] = kl_sum / max(kl_n, 1.0)   # per sequence, Σ_t k1 under π_old
+        return out
+
+    # ------------------------------------------------------------------ updates
+    def update_plan(self, batches: list[dict], prompt: PromptExample) -> list[list[dict]]:
+        """K epochs; in each the micro-batches (whole prompts) are shuffled (seeded by
+        step and epoch) and split into M minibatches, one optimizer step each. A
+        minibatch a process has nothing for gets a zero-weight stand-in, so that all
+        processes take the same steps."""
+        m = self.algo.minibatches
+        plan = []
+        for epoch in range(self.algo.epochs):
+            order = list(range(len(batches)))
+            if m > 1:
+                random.Random((self.cfg.seed * 1_000_003 + self.step) * 1_009 + epoch
+                              ).shuffle(order)
+            for j in range(m):
+                chunk = [batches[i] for i in order[j::m]]
+                plan.append(chunk or [{**batches[0], "stand_in": True}])
+        return plan
+
+    def batch_weight(self, batch: dict) -> float:
+        return float(batch["loss_mask"].sum())   # token-mean over the whole minibatch
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        logps, values = group_logps_and_values(self.model, batch,
+                                               temperature=self.recipe.rollout.temperature)
+        device = logps.device
+        mask = batch["loss_mask"].to(device)
+        pg_loss, metrics = self.policy_loss(logps, batch, mask)
+        value_loss, value_metrics = ppo_value_loss(
+            values, batch["old_values"].to(device), batch["returns"].to(device), mask,
+            clip=self.algo.value_clip)
+        loss = pg_loss + self.algo.vf_coef * value_loss
+        return loss, {"loss/policy": pg_loss.detach(), "loss/value": value_loss.detach(),
+                      **metrics, **value_metrics}
+
+    def after_update(self, metrics: dict, n_samples: int) -> None:
+        if self.algo.kl_target is not None and "policy/kl" in metrics:
+            self._kl_coef = adaptive_kl_coef(self.kl_coef, metrics["policy/kl"],
+                                             self.algo.kl_target, self.algo.kl_horizon,
+                                             n_samples)
+
+    def step_metrics(self) -> dict:
+        return {"kl_coef": self.kl_coef}

@@ -1,0 +1,127 @@
+"""The critic (value model) of the actor-critic trainers, and the one module that holds it
+with the policy.
+
+A critic is a Hugging Face sequence-classification model with one output: the same kind of
+folder the reward-model trainer writes and TRL's `RewardTrainer` saves, so it can start
+from a trained reward model (InstructGPT / N+ do) or from the policy's weights with a fresh
+scalar head. A reward model scores only the last token; a critic needs V(s_t) at every
+position, so `token_values` runs the backbone and applies the head to every hidden state.
+
+`ActorCritic` makes policy and critic ONE trainable module, so that Accelerate / DeepSpeed
+wrap, synchronise and checkpoint them together, and one optimizer (two parameter groups)
+steps them. Its forward returns both the policy's logits and the critic's values, so a
+data-parallel wrapper sees every parameter used in each forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignment.models import resolve_model
+
+
+class CriticError(ValueError):
+    """The critic cannot be built from what the recipe names."""
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off everywhere: with it the policy that sampled and the policy being updated
+    differ even before the first step (ratio != 1, ALGORITHMS.md §1.5)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+                "attn_pdrop", "classifier_dropout"):
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+    return model
+
+
+def load_critic(init: str, policy_path: str, dtype: torch.dtype, *, path: str | None = None,
+                pad_token_id: int | None = None):
+    """A one-output sequence classifier: from `path` (init "reward_model") or from the
+    policy's weights with a fresh head (init "policy", std 1/sqrt(d+1) as in N+)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model(path) if init == "reward_model" else policy_path
+    if init == "reward_model":
+        config = AutoConfig.from_pretrained(source)
+        kinds = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+        if not kinds:
+            raise CriticError(f"critic.path {path}: not a sequence-classification model (its "
+                              f"architectures are {config.architectures}); train one with "
+                              "algorithm: reward_model, or use critic.init: policy")
+        if config.num_labels != 1:
+            raise CriticError(f"critic.path {path}: a value model has one output, this one has "
+                              f"{config.num_labels} labels")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # (the fresh head's "newly initialised" report)
+    try:
+        critic = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1,
+                                                                    dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    critic.config.use_cache = False
+    if critic.config.pad_token_id is None:
+        critic.config.pad_token_id = pad_token_id
+    head = value_head(critic)
+    if init == "policy":
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / math.sqrt(head.in_features + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+    return disable_dropout(critic)
+
+
+def _inner(critic):
+    """The transformers model under a PEFT wrapper (LoRA layers stay in place)."""
+    return critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+
+
+def value_head(critic) -> torch.nn.Module:
+    inner = _inner(critic)
+    for name in ("score", "classifier"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise CriticError(f"{type(inner).__name__}: no 'score' or 'classifier' head to read values "
+                      "from")
+
+
+def token_values(critic, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """(rows, keep) float32 V(s) at the last `keep` positions (the state after each token)."""
+    inner = _inner(critic)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids, use_cache=False).last_hidden_state
+    head = value_head(critic)   # (a PEFT ModulesToSaveWrapper under critic LoRA: callable)
+    weight = next(head.parameters())
+    return head(hidden[:, -keep:].to(weight.dtype)).squeeze(-1).float()
+
+
+class ActorCritic(torch.nn.Module):
+    """Policy + critic as one module (one engine, one optimizer, one checkpoint)."""
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+
+    def forward(self, *, input_ids, attention_mask, position_ids, logits_to_keep: int,
+                use_cache: bool = False) -> dict[str, torch.Tensor]:
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, logits_to_keep=logits_to_keep,
+                             use_cache=False).logits
+        values = token_values(self.critic, input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, keep=logits_to_keep)
+        return {"logits": logits, "values": values}
+
+
+def split_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of one submodule (`policy.` / `critic.`) of a gathered state dict."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
