@@ -144,6 +144,7 @@ class OnlineTrainer(Trainer):
     def before_training(self) -> None:
         if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
             (self.output_dir / "samples.jsonl").unlink(missing_ok=True)
+        self.gaps: list[tuple[float, float]] = []
         self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                        else self.tokenizer.eos_token_id)
         self.scorer = build_composite(self.recipe.rewards)

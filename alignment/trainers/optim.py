@@ -38,17 +38,25 @@ class MasterWeightOptimizer:
         self.max_grad_norm = cfg.max_grad_norm
 
     def step(self) -> float:
-        """Clip, step, copy back; return the global grad norm before clipping."""
+        """Clip (per parameter group), step, copy back; return the global grad norm before
+        clipping."""
         if self.low_precision:
             for m, p in zip(self.master, self.params, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
                 p.grad = None
-        grads = [m for m in self.master if m.grad is not None]
-        if self.max_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(m.grad)
-                                                         for m in grads]))
+        # each parameter group is clipped on its own: a critic's value-loss gradient must not
+        # shrink the policy's step, nor the policy's the critic's (one group: the global norm)
+        norms = []
+        for group in self.optimizer.param_groups:
+            grads = [m for m in group["params"] if m.grad is not None]
+            if not grads:
+                continue
+            if self.max_grad_norm is not None:
+                norms.append(torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm))
+            else:
+                norms.append(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(m.grad) for m in grads])))
+        norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.low_precision:
