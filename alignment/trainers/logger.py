@@ -90,7 +90,8 @@ def plot_curves(history: list[dict], path: Path, max_panels: int = 6) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("eval/accuracy", "reward", "accuracy", "completion_length", "loss",
+    keys = [k for k in ("eval/accuracy", "reward", "policy/kl", "loss/value",
+                        "critic/explained_variance", "accuracy", "completion_length", "loss",
                         "eval/loss", "rewards/margin", "rewards/accuracy", "rewards/chosen",
                         "rewards/rejected", "kl", "lr", "grad_norm")
             if len({r[k] for r in history if k in r}) > 1][:max_panels]   # flat: not shown
