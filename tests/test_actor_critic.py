@@ -195,6 +195,26 @@ def test_run_logs_critic_kl_time_split_and_saves_the_critic(tmp_path, policy, pr
                            initial.model.layers[0].mlp.up_proj.weight)   # it trained
 
 
+def test_ppo_with_a_reward_model_as_critic_and_reward(tmp_path, policy, prompts):
+    """The documented override: critic initialised from a reward-model folder, which is
+    also the reward (`rewards: [{name: reward_model, path: ...}]`)."""
+    rm = load_critic("policy", policy, torch.float32)
+    torch.nn.init.normal_(rm.score.weight)
+    rm.save_pretrained(tmp_path / "rm")
+    from alignment.models import load_tokenizer
+
+    load_tokenizer(policy).save_pretrained(tmp_path / "rm")
+    out = tmp_path / "out"
+    result = train(ac_file(tmp_path, "ppo", out, policy, prompts,
+                           critic={"init": "reward_model", "path": str(tmp_path / "rm")},
+                           rewards=[{"name": "reward_model", "path": str(tmp_path / "rm")}]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in history(out) if "loss" in r]
+    assert all("rewards/reward_model" in r for r in rows)
+    assert len({round(r["reward"], 6) for r in rows}) > 1          # real, varying scores
+    assert abs(rows[0]["critic/explained_variance"]) > 0        # values from the RM's head
+
+
 def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path, policy,
                                                                        prompts):
     sections = {"trainer": {"max_steps": 10, "save_every": 2, "eval_every": None},

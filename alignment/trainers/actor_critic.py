@@ -55,10 +55,6 @@ class ActorCriticTrainer(OnlineTrainer):
     def samples_per_prompt(self) -> int:
         return self.algo.samples_per_prompt
 
-    @property
-    def prompts_per_step(self) -> int:
-        return self.algo.prompts_per_step
-
     def needs_reference(self) -> bool:
         return self.algo.kl_coef > 0 or self.algo.kl_target is not None or self.anchored_on_init
 
@@ -125,19 +121,8 @@ class ActorCriticTrainer(OnlineTrainer):
     def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
                    info: RoundStats) -> list[Sample]:
         penalty = self.algo.missing_eos_penalty
-        samples = []
-        for i, (ids, lps) in enumerate(zip(rollouts.completion_ids, rollouts.logprobs,
-                                           strict=True)):
-            keep = not (self.algo.mask_truncated and truncated[i])
-            forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
-            samples.append(Sample(
-                prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
-                completion_ids=list(ids) or [self.tokenizer.eos_token_id],
-                sampling_logps=list(lps) or [0.0],
-                loss_mask=[keep and not f for f in forced] or [False],
-                reward=penalty if truncated[i] and penalty is not None else rewards[i],
-                group=rollouts.prompt_index[i]))
-        return samples
+        return [self.make_sample(rollouts, i, penalty if truncated[i] and penalty is not None
+                                 else rewards[i], truncated[i]) for i in range(len(rollouts))]
 
     def micro_batch_size(self, n_samples: int) -> int:
         """Small enough that every minibatch gets at least one micro-batch."""

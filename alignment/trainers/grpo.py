@@ -30,10 +30,6 @@ class GRPOTrainer(OnlineTrainer):
         return self.g.num_generations
 
     @property
-    def prompts_per_step(self) -> int:
-        return self.g.prompts_per_step
-
-    @property
     def update_iterations(self) -> int:
         return self.g.iterations
 
@@ -55,21 +51,10 @@ class GRPOTrainer(OnlineTrainer):
         signal = (spread.max(dim=1).values - spread.min(dim=1).values) > 1e-9   # (groups,)
         info.groups += int(signal.numel())
         info.groups_with_signal += int(signal.sum())
-        samples = []
-        for i, (ids, lps) in enumerate(zip(rollouts.completion_ids, rollouts.logprobs,
-                                           strict=True)):
-            if self.g.dynamic_sampling and not signal[i // G]:
-                continue
-            keep = not (self.g.mask_truncated and truncated[i])
-            forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
-            samples.append(Sample(
-                prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
-                completion_ids=list(ids) or [self.tokenizer.eos_token_id],
-                sampling_logps=list(lps) or [0.0],
-                loss_mask=[keep and not f for f in forced] or [False],
-                reward=float(shaped[i]), advantage=float(advantages[i]),
-                group=rollouts.prompt_index[i]))
-        return samples
+        return [self.make_sample(rollouts, i, float(shaped[i]), truncated[i],
+                                 advantage=float(advantages[i]))
+                for i in range(len(rollouts))
+                if not (self.g.dynamic_sampling and not signal[i // G])]
 
     # ------------------------------------------------------------------ loss
     def prepare_batches(self, batches: list[dict]) -> None:

@@ -131,11 +131,24 @@ class OnlineTrainer(Trainer):
 
     @property
     def prompts_per_step(self) -> int:
-        return self.cfg.batch_size
+        return self.algo.prompts_per_step
 
     @property
     def update_iterations(self) -> int:
         return 1
+
+    def make_sample(self, rollouts: Rollouts, i: int, reward: float, truncated: bool,
+                    advantage: float = 0.0) -> Sample:
+        """Rollout sample i for training: forced (reset) tokens are off its loss mask, and
+        all of it when truncated and the algorithm's `mask_truncated` is set."""
+        ids, lps = rollouts.completion_ids[i], rollouts.logprobs[i]
+        keep = not (self.algo.mask_truncated and truncated)
+        forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
+        return Sample(prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
+                      completion_ids=list(ids) or [self.tokenizer.eos_token_id],
+                      sampling_logps=list(lps) or [0.0],
+                      loss_mask=[keep and not f for f in forced] or [False],
+                      reward=reward, advantage=advantage, group=rollouts.prompt_index[i])
 
     def needs_reference(self) -> bool:
         return False
