@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout bench-scaling clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout bench-scaling bench-actor-critic clean
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,10 @@ bench-dpo: setup
 # TRL's GRPOTrainer vs ours, same GRPO configuration, one run.
 bench-grpo: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/grpo_vs_trl.py --json bench/grpo_vs_trl.json
+
+# PPO / APA / DR-PO vs GRPO: s/step at 64 samples per step, time split, peak RSS.
+bench-actor-critic: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/actor_critic_speed.py --json bench/actor_critic_speed.json
 
 # vLLM vs HF generate tokens/s (batch 32 and 128) and sync_weights time.
 bench-rollout: setup

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 
 from alignment.config import ConfigError, Recipe
+from alignment.config.schema import CRITIC
 
 CPU_DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
 SUPPORTED = (*CPU_DATA_PARALLEL, "DEEPSPEED")
@@ -104,9 +105,28 @@ def plan(recipe: Recipe) -> LaunchPlan:
     if not 0 <= result.machine_rank < result.num_machines:
         problems.append(f"launch.machine_rank={result.machine_rank} must be in 0.."
                         f"{result.num_machines - 1}")
+    if result.distributed_type == "DEEPSPEED" and _zero_stage(file_cfg) == 3 and \
+            recipe.algorithm in CRITIC:
+        problems.append(f"{recipe.algorithm} under DeepSpeed ZeRO-3 is not supported in this "
+                        "version: use launch/deepspeed_zero2.yaml or DDP")
     if problems:
         raise ConfigError(problems, launch.config_file)
     return result
+
+
+def _zero_stage(file_cfg: dict) -> int | None:
+    """The ZeRO stage an Accelerate config asks for (inline or in its DeepSpeed JSON)."""
+    ds = file_cfg.get("deepspeed_config") or {}
+    if ds.get("zero_stage") is not None:
+        return int(ds["zero_stage"])
+    path = ds.get("deepspeed_config_file")
+    if path and os.path.isfile(path):
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            stage = json.load(f).get("zero_optimization", {}).get("stage")
+        return int(stage) if stage is not None else None
+    return None
 
 
 def _has_gpu() -> bool:

@@ -313,13 +313,14 @@ def test_drpo_without_reference_responses_is_a_data_error(tmp_path, policy, prom
                                                                       "completion"})
 
 
-def test_zero3_is_refused_in_one_line(tmp_path, policy, prompts):
+def test_zero3_is_refused_in_one_line_before_launching(tmp_path, policy, prompts):
     from test_deepspeed import zero
 
     result = train(ac_file(tmp_path, "ppo", tmp_path / "z3", policy, prompts),
-                   *zero(tmp_path, 3), timeout=300)
-    assert result.returncode != 0
+                   *zero(tmp_path, 3), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
     assert "ppo under DeepSpeed ZeRO-3 is not supported" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "z3").exists()
 
 
 # ------------------------------------------------------------------ data parallel

@@ -32,7 +32,6 @@ from alignment.losses.gae import gae, whiten
 from alignment.losses.kl import k1_kl
 from alignment.losses.ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_value_loss
 from alignment.rollout import Rollouts
-from alignment.trainers.base import TrainingError
 from alignment.trainers.online import OnlineTrainer, PromptExample, RoundStats, Sample
 from alignment.trainers.sequences import (
     group_logps_and_values,
@@ -70,13 +69,15 @@ class ActorCriticTrainer(OnlineTrainer):
     # ------------------------------------------------------------------ models
     def check_distributed_support(self) -> None:
         super().check_distributed_support()
+        # (`alignment train` refuses ZeRO-3 before launching; this is for `accelerate launch`)
         if self.zero_stage == 3:
-            raise TrainingError(f"{self.recipe.algorithm} under DeepSpeed ZeRO-3 is not "
-                                "supported in this version: use ZeRO-2 "
-                                "(launch/deepspeed_zero2.yaml) or DDP")
+            raise ConfigError([f"{self.recipe.algorithm} under DeepSpeed ZeRO-3 is not "
+                               "supported in this version: use launch/deepspeed_zero2.yaml "
+                               "or DDP"], self.recipe_path)
         if self.zero_stage and self.recipe.critic.lora.r > 0:
-            raise TrainingError("critic LoRA under DeepSpeed is not supported in this version: "
-                                "use DDP (launch/multi_gpu.yaml), or critic.lora.r=0")
+            raise ConfigError(["critic LoRA under DeepSpeed is not supported in this version: "
+                               "use DDP (launch/multi_gpu.yaml), or critic.lora.r=0"],
+                              self.recipe_path)
 
     def build_trainable(self) -> torch.nn.Module:
         c = self.recipe.critic
