@@ -215,6 +215,24 @@ def test_ppo_with_a_reward_model_as_critic_and_reward(tmp_path, policy, prompts)
     assert abs(rows[0]["critic/explained_variance"]) > 0        # values from the RM's head
 
 
+def test_lora_policy_and_critic(tmp_path, policy, prompts):
+    """LoRA on both: π_ref is the policy with its adapters off, the critic trains its
+    adapters and head, and final/ holds both merged (adapters kept beside them)."""
+    out = tmp_path / "lora"
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    result = train(ac_file(tmp_path, "ppo", out, policy, prompts, model={"lora": lora},
+                           critic={"lora": lora}, ppo={"kl_coef": 0.05}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in history(out) if "loss" in r]
+    assert rows[0]["policy/kl"] == pytest.approx(0.0, abs=1e-6)   # step 1: π_old = π_ref
+    for folder in (out / "final", out / "final" / "critic"):
+        assert (folder / "model.safetensors").is_file() and (folder / "adapter").is_dir()
+    critic = AutoModelForSequenceClassification.from_pretrained(out / "final" / "critic")
+    initial = load_critic("policy", policy, torch.float32)
+    assert not torch.equal(critic.model.layers[0].self_attn.q_proj.weight,
+                           initial.model.layers[0].self_attn.q_proj.weight)   # merged
+
+
 def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path, policy,
                                                                        prompts):
     sections = {"trainer": {"max_steps": 10, "save_every": 2, "eval_every": None},
@@ -253,7 +271,8 @@ def test_drpo_resets_force_reference_tokens_and_keep_them_out_of_the_loss(tmp_pa
     trainer = make_trainer("drpo", tmp_path / "out", policy, prompts,
                            drpo={"reset_prob": 1.0, "samples_per_prompt": 3})
     prompts_used, rollouts = trainer.generate_rollouts(trainer.train_set[:2], 0)
-    assert len(prompts_used) == len(rollouts) == 6   # one prompt copy per sample
+    assert len(prompts_used) == 2 and len(rollouts) == 6
+    assert rollouts.prompt_index == [0, 0, 0, 1, 1, 1]   # regrouped under their prompt
     forced_any = 0
     for i, completion in enumerate(rollouts.completion_ids):
         reference = prompts_used[rollouts.prompt_index[i]].reset_ids

@@ -37,15 +37,18 @@ class DRPOTrainer(PPOTrainer):
 
     def generate_rollouts(self, prompts: list[PromptExample], round_: int
                           ) -> tuple[list[PromptExample], Rollouts]:
-        """One reset per sample: the prompt is repeated per sample, each with its prefix."""
+        """One reset per sample. The engine takes one prefix per request, so each prompt
+        goes in once per sample; the samples are then regrouped under their prompt (a
+        completion holds its forced prefix), so a prompt's samples still share one forward
+        of the prompt in training."""
         n = self.samples_per_prompt
-        expanded, prefixes, seeds = [], [], []
+        prefixes, seeds = [], []
         for prompt, seed in zip(prompts, self._prompt_seeds(prompts, round_), strict=True):
             resets = sample_resets([len(prompt.reset_ids)] * n, self.algo.reset_prob, seed)
-            for j, k in enumerate(resets):
-                expanded.append(prompt)
-                prefixes.append(prompt.reset_ids[:k])
-                seeds.append(sample_seed(seed, j))
-        rollouts = self.engine.generate([p.prompt_ids for p in expanded], n=1,
+            prefixes += [prompt.reset_ids[:k] for k in resets]
+            seeds += [sample_seed(seed, j) for j in range(n)]
+        rollouts = self.engine.generate([p.prompt_ids for p in prompts for _ in range(n)], n=1,
                                         sampling=self.sampling, prefixes=prefixes, seeds=seeds)
-        return expanded, rollouts
+        rollouts.prompt_ids = [p.prompt_ids for p in prompts]
+        rollouts.prompt_index = [i // n for i in range(len(rollouts))]
+        return prompts, rollouts
