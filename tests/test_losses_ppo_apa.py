@@ -219,6 +219,19 @@ def test_reset_lengths_are_uniform_on_1_to_L_minus_1():
         sample_resets([4], 1.5, seed=0)
 
 
+def test_single_sequences_may_be_1d():
+    m = torch.ones(4, dtype=torch.bool)
+    t = lambda v: torch.tensor(v, dtype=F64)  # noqa: E731
+    rewards = kl_penalized_rewards(t(1.0), t(OLD), t(REF), m, kl_coef=0.05)
+    assert rewards.tolist() == approx([-0.005, 0.005, -0.005, 0.99])
+    adv, ret = gae(rewards, t(V_OLD), m)
+    assert adv.tolist() == approx([0.424626, 0.346975, 0.5705, 0.29])
+    assert whiten(adv, m).tolist() == approx([0.157692, -0.579916, 1.54335, -1.12112])
+    assert ppo_policy_loss(t(NEW), t(OLD), adv, m)[0].item() == approx(-0.439948)
+    assert ppo_value_loss(t(V_NEW), t(V_OLD), ret, m)[0].item() == approx(0.0731208)
+    assert apa_loss(t(APA_LOGP), t(APA_INIT), t(APA_ADV), m)[0].item() == approx(10.2675)
+
+
 # ---------------------------------------------------------------- import paths
 def test_grpo_functions_are_importable_from_the_package():
     from alignment.losses import grpo as module

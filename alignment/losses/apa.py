@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses.gae import _check
+from alignment.losses.gae import _check, as_batch
 from alignment.losses.ppo import _token_mean
 
 
 def apa_loss(logps: torch.Tensor, init_logps: torch.Tensor, advantages: torch.Tensor,
              mask: torch.Tensor, lam: float = 0.1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(loss, metrics); all tensors (batch, tokens), `lam` the advantage coefficient λ."""
+    """(loss, metrics); all tensors (batch, tokens) (or 1-D: one sequence), `lam` the
+    advantage coefficient λ."""
+    _, (logps, init_logps, advantages, mask) = as_batch(logps, init_logps, advantages, mask)
     _check(mask, logps, init_logps, advantages)
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam}")
@@ -40,6 +42,7 @@ def apa_loss(logps: torch.Tensor, init_logps: torch.Tensor, advantages: torch.Te
 def awr_loss(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
              coef: float = 0.5) -> torch.Tensor:
     """Advantage-weighted regression, APA's baseline: token-mean(−log π_θ · exp(c Â))."""
+    _, (logps, advantages, mask) = as_batch(logps, advantages, mask)
     _check(mask, logps, advantages)
     weights = torch.exp(coef * advantages.to(logps.dtype))
     return _token_mean(-logps * weights, mask.bool())

@@ -18,6 +18,15 @@ from __future__ import annotations
 import torch
 
 
+def as_batch(*tensors: torch.Tensor | None) -> tuple[bool, list]:
+    """A single sequence (1-D tensors) as a batch of one: (was_single, tensors)."""
+    single = tensors[0].dim() == 1
+    if not single:
+        return False, list(tensors)
+    return True, [t.unsqueeze(0) if isinstance(t, torch.Tensor) and t.dim() == 1 else t
+                  for t in tensors]
+
+
 def _check(mask: torch.Tensor, *tensors: torch.Tensor) -> None:
     for t in tensors:
         if t.dim() != 2 or t.shape != mask.shape:
@@ -28,7 +37,12 @@ def _check(mask: torch.Tensor, *tensors: torch.Tensor) -> None:
 @torch.no_grad()
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, returns), both (batch, tokens) and 0 off `mask`."""
+    """(advantages, returns), both (batch, tokens) and 0 off `mask` (1-D inputs: one
+    sequence, 1-D outputs)."""
+    single, (mask, rewards, values) = as_batch(mask, rewards, values)
+    if single:
+        advantages, returns = gae(rewards, values, mask, gamma, lam)
+        return advantages[0], returns[0]
     _check(mask, rewards, values)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
@@ -60,6 +74,9 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, *,
     """(x − μ) / √(σ² + 1e-8) over the valid entries (population variance); with
     `shift_mean=False` the mean is added back (N+ reward whitening: scale only).
     `mean`/`var` replace the statistics of x, e.g. by ones gathered over processes."""
+    single, (x, mask) = as_batch(x, mask)
+    if single:
+        return whiten(x, mask, shift_mean, mean=mean, var=var)[0]
     _check(mask, x)
     if (mean is None) != (var is None):
         raise ValueError("pass both mean and var, or neither")

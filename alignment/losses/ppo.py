@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses.gae import _check
+from alignment.losses.gae import _check, as_batch
 from alignment.losses.kl import kl_estimate
 
 
@@ -37,7 +37,11 @@ def kl_penalized_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: t
                          estimator: str = "k1") -> torch.Tensor:
     """(batch, tokens) per-token rewards: −kl_coef · k per valid token, plus the sequence's
     score at its last valid token (the EOS when the response ended). `logps` are the
-    rollout policy's (π_old), `scores` (batch,)."""
+    rollout policy's (π_old), `scores` (batch,). 1-D inputs: one sequence."""
+    single, (logps, ref_logps, mask) = as_batch(logps, ref_logps, mask)
+    if single:
+        scores = torch.as_tensor(scores, dtype=logps.dtype, device=logps.device).reshape(1)
+        return kl_penalized_rewards(scores, logps, ref_logps, mask, kl_coef, estimator)[0]
     _check(mask, logps, ref_logps)
     if scores.shape != mask.shape[:1]:
         raise ValueError(f"scores must be (batch,) = {tuple(mask.shape[:1])}, got "
@@ -52,7 +56,8 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
                     mask: torch.Tensor, clip: float = 0.2
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-mean of the clipped surrogate over `mask`. `advantages` per token (batch,
-    tokens) or per sequence (batch,)."""
+    tokens) or per sequence (batch,); 1-D logps: one sequence, advantages per token."""
+    _, (logps, old_logps, advantages, mask) = as_batch(logps, old_logps, advantages, mask)
     _check(mask, logps, old_logps)
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logps)
@@ -78,6 +83,7 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
                    mask: torch.Tensor, clip: float | None = 0.2
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """½ token-mean of the clipped squared error (`clip=None`: plain ½ (V − G)²)."""
+    _, (values, old_values, returns, mask) = as_batch(values, old_values, returns, mask)
     _check(mask, values, old_values, returns)
     valid = mask.bool()
     returns = returns.to(values.dtype)
