@@ -74,6 +74,9 @@ class ActorCriticTrainer(OnlineTrainer):
             raise ConfigError([f"{self.recipe.algorithm} under DeepSpeed ZeRO-3 is not "
                                "supported in this version: use launch/deepspeed_zero2.yaml "
                                "or DDP"], self.recipe_path)
+        if self.zero_stage and self.cfg.max_grad_norm is not None:
+            self._say("note: under DeepSpeed, trainer.max_grad_norm clips the gradient norm of "
+                      "policy and critic together (without DeepSpeed: each on its own)")
         if self.zero_stage and self.recipe.critic.lora.r > 0:
             raise ConfigError(["critic LoRA under DeepSpeed is not supported in this version: "
                                "use DDP (launch/multi_gpu.yaml), or critic.lora.r=0"],
