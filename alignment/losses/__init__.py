@@ -1,6 +1,7 @@
 """Loss functions: tensors in, ``(loss, metrics)`` out; one algorithm per module."""
 
 from .apa import apa_loss, awr_loss
+from .copg import copg_loss
 from .dpo import dpo_loss
 from .gae import gae, whiten
 from .grpo import group_advantages, grpo_loss
@@ -9,12 +10,14 @@ from .kl import k1_kl, k3_kl
 from .logps import sequence_logps, token_logps
 from .ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from .reward import bradley_terry_loss
+from .spin import spin_loss
 
 __all__ = [
     "adaptive_kl_coef",
     "apa_loss",
     "awr_loss",
     "bradley_terry_loss",
+    "copg_loss",
     "dpo_loss",
     "gae",
     "group_advantages",
@@ -26,6 +29,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "sequence_logps",
+    "spin_loss",
     "token_logps",
     "whiten",
 ]
