@@ -208,7 +208,7 @@ def test_bad_reward_specs_are_reported(tmp_path, tiny_model_dir, prompts_file, r
 
 
 def test_online_sections_rejected_for_offline_algorithms():
-    with pytest.raises(ConfigError, match="'rollout' applies to online algorithms only"):
+    with pytest.raises(ConfigError, match="'rollout' applies to runs that generate"):
         recipe_from_dict({"algorithm": "dpo", "rollout": {"temperature": 0.5}})
 
 

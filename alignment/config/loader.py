@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config.schema import ALGORITHMS, CRITIC, ONLINE, ONLINE_SECTIONS, Recipe
+from alignment.config.schema import (
+    ALGORITHMS,
+    CRITIC,
+    PAIRS_ONLINE,
+    Recipe,
+    is_online,
+    uses_rewards,
+    uses_rollout,
+)
 
 
 class ConfigError(ValueError):
@@ -53,14 +61,12 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         if other != algorithm and other in raw and algorithm in ALGORITHMS:
             problems.append(f"section '{other}' does not apply to algorithm '{algorithm}' "
                             f"(put its hyper-parameters under '{algorithm}:')")
-    for online_only in ONLINE_SECTIONS:
-        if online_only in raw and algorithm in ALGORITHMS and algorithm not in ONLINE:
-            problems.append(f"section '{online_only}' applies to online algorithms only "
-                            f"({', '.join(ONLINE)}), not '{algorithm}'")
     if "critic" in raw and algorithm in ALGORITHMS and algorithm not in CRITIC:
         problems.append(f"section 'critic' applies to algorithms with a value model "
                         f"({', '.join(CRITIC)}), not '{algorithm}'")
     recipe = _build(Recipe, raw, "", problems)
+    if not problems:
+        _check_sections(recipe, raw, problems)
     if not problems:
         _check_paths(recipe, "", Path(base_dir), problems)
         _check_cross_fields(recipe, problems)
@@ -76,9 +82,14 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     for name in ALGORITHMS:
         if name != recipe.algorithm:
             data.pop(name, None)
-    if recipe.algorithm not in ONLINE:
-        for name in ONLINE_SECTIONS:
-            data.pop(name, None)
+    if not uses_rollout(recipe):
+        data.pop("rollout", None)
+    if not uses_rewards(recipe):
+        data.pop("rewards", None)
+    if recipe.algorithm in PAIRS_ONLINE:   # only the keys of this run's mode
+        drop = PAIRS_OFFLINE_KEYS if is_online(recipe) else PAIRS_ONLINE_KEYS
+        for key in drop:
+            data[recipe.algorithm].pop(key, None)
     if recipe.algorithm not in CRITIC:
         data.pop("critic", None)
     return data
@@ -289,14 +300,65 @@ def _check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
     if d.max_prompt_length >= d.max_length:
         problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
                         f"data.max_length ({d.max_length}) to leave room for the completion")
-    if recipe.algorithm in ONLINE:
+    if uses_rewards(recipe):
         from reward_models.registry import check_specs
 
         problems.extend(check_specs(recipe.rewards))
     if recipe.algorithm in CRITIC:
         _check_critic(recipe, problems)
+    if recipe.algorithm == "spin":
+        _check_spin(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
+
+
+# keys of a pair loss's section that only its online mode reads (offline-only: the rest)
+PAIRS_ONLINE_KEYS = ("prompts_per_step", "num_generations", "overlong_cache", "mask_truncated")
+PAIRS_OFFLINE_KEYS = ("reference", "rewards_from", "reward_columns")
+
+
+def _check_sections(recipe: Recipe, raw: dict, problems: list[str]) -> None:
+    """Sections and keys that the chosen algorithm (and mode) would silently ignore."""
+    name = recipe.algorithm
+    mode = f"'{name}'" + (" (offline)" if name in PAIRS_ONLINE and not is_online(recipe) else "")
+    if "rollout" in raw and not uses_rollout(recipe):
+        problems.append(f"section 'rollout' applies to runs that generate (online algorithms, "
+                        f"spin, {'/'.join(PAIRS_ONLINE)} with online: true), not {mode}")
+    if "rewards" in raw and not uses_rewards(recipe):
+        hint = (" (copg scores its pairs with it only with copg.rewards_from: scorer)"
+                if name == "copg" else "")
+        problems.append(f"section 'rewards' applies to runs that score samples, not "
+                        f"{mode}{hint}")
+    if name not in PAIRS_ONLINE:
+        return
+    section = raw.get(name) or {}
+    if is_online(recipe):
+        if "rewards" not in raw:
+            problems.append(f"{name}.online is true but the recipe has no 'rewards:' section: "
+                            "say how samples are scored (e.g. rewards: [{name: exact_answer}])")
+        for key in PAIRS_OFFLINE_KEYS:
+            if key in section:
+                problems.append(f"{name}.{key} applies to offline {name} only "
+                                f"({name}.online is true)")
+    else:
+        for key in PAIRS_ONLINE_KEYS:
+            if key in section:
+                problems.append(f"{name}.{key} applies only with {name}.online: true")
+    if name == "copg" and len(recipe.copg.reward_columns) != 2:
+        problems.append(f"copg.reward_columns must name 2 columns (one per completion), got "
+                        f"{recipe.copg.reward_columns}")
+    if name == "copg" and is_online(recipe) and recipe.copg.num_generations % 2:
+        problems.append(f"copg.num_generations must be even (samples are paired), got "
+                        f"{recipe.copg.num_generations}")
+
+
+def _check_spin(recipe: Recipe, problems: list[str]) -> None:
+    lam = recipe.spin.lam
+    if not lam or not all(v > 0 for v in lam):
+        problems.append(f"spin.lam must be a non-empty list of values > 0, got {lam}")
+    elif len(lam) > recipe.spin.iterations:
+        problems.append(f"spin.lam has {len(lam)} values for spin.iterations="
+                        f"{recipe.spin.iterations}")
 
 
 def _check_critic(recipe: Recipe, problems: list[str]) -> None:

@@ -91,7 +91,32 @@ class TrainerConfig:
 
 
 @dataclass
-class DPOConfig:
+class OnlineConfig:
+    """Keys every online algorithm's section has (the loop in `OnlineTrainer` reads them)."""
+
+    prompts_per_step: int = param(8, "prompts sampled per step (per process)", gt=0)
+    overlong_cache: int = param(0, "DAPO soft overlong punishment: the last N tokens of "
+                                "rollout.max_new_tokens ramp the reward down to -1; 0 = off",
+                                ge=0)
+    mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
+                                 "loss (DAPO's overlong filtering)")
+
+
+@dataclass
+class PairsOnlineConfig(OnlineConfig):
+    """The online mode of the pair losses (DPO, IPO, CoPG): per step `prompts_per_step`
+    prompts x `num_generations` samples from the current policy, scored by the recipe's
+    `rewards:`, turned into pairs (best vs worst; CoPG: consecutive samples), one update,
+    then the engine takes the new weights."""
+
+    online: bool = param(False, "learn from pairs of the policy's own samples (needs "
+                         "`rewards:` and uses `rollout:`) instead of the data's pairs")
+    num_generations: int = param(4, "online: samples per prompt; the best- and worst-scored "
+                                 "form the pair (ties dropped and counted)", ge=2)
+
+
+@dataclass
+class DPOConfig(PairsOnlineConfig):
     """DPO (Rafailov et al. 2023); see ALGORITHMS.md section 2."""
 
     beta: float = param(0.1, "KL strength beta of the implicit reward", gt=0.0)
@@ -99,12 +124,12 @@ class DPOConfig:
                               "(per token; Pang et al. 2024 'RPO', TRL rpo_alpha); 0 = plain "
                               "DPO", ge=0.0)
     reference: Literal["precompute", "model"] = param(
-        "precompute", "reference log-probs computed once before training, or by a frozen "
-        "model at every step")
+        "precompute", "offline: reference log-probs computed once before training, or by a "
+        "frozen model at every step (online: always per step)")
 
 
 @dataclass
-class IPOConfig:
+class IPOConfig(PairsOnlineConfig):
     """IPO (Azar et al. 2024); see ALGORITHMS.md section 3."""
 
     tau: float = param(0.1, "regularisation tau; the target margin is 1/(2 tau)", gt=0.0)
@@ -116,23 +141,46 @@ class IPOConfig:
 
 
 @dataclass
+class CoPGConfig(PairsOnlineConfig):
+    """CoPG (Flet-Berliac et al. 2024): two completions of a prompt, a scalar reward each;
+    ALGORITHMS.md section 5. Offline on the data's pairs (chosen/rejected columns are just
+    the two completions), or online with 2 samples per prompt (= RLOO with k = 2)."""
+
+    beta: float = param(0.06, "KL strength beta (paper: 0.06, stable 0.03-0.1)", gt=0.0)
+    num_generations: int = param(2, "online: samples per prompt, paired as (1,2), (3,4), ... "
+                                 "(2 = RLOO with k = 2)", ge=2)
+    rewards_from: Literal["columns", "scorer"] = param(
+        "columns", "offline: each completion's reward from data columns (copg.reward_columns) "
+        "or scored once at load time by the recipe's `rewards:` (e.g. the verifier)")
+    reward_columns: list[str] = param(
+        default_factory=lambda: ["chosen_reward", "rejected_reward"],
+        help="offline, rewards_from: columns: the reward columns of the two completions")
+    reference: Literal["precompute", "model"] = param("precompute", "as dpo.reference")
+
+
+@dataclass
+class SPINConfig:
+    """SPIN (Chen et al. 2024): iterations of "generate y' for every SFT prompt with the
+    current model, then DPO-like training on (real, generated) against that frozen model";
+    ALGORITHMS.md section 6. Generation goes through the rollout engine (`rollout:`), and
+    every iteration's generated data is saved under output_dir/spin/."""
+
+    iterations: int = param(3, "iterations t = 0..T-1 (paper: 4)", ge=1)
+    epochs: int = param(1, "passes over each iteration's pairs (paper: 2)", ge=1)
+    lam: list[float] = param(default_factory=lambda: [0.1],
+                             help="lambda per iteration; the last value repeats (paper: "
+                             "[0.1, 0.1, 0.1, 5.0])")
+    loss_type: Literal["sigmoid", "hinge"] = param("sigmoid", "logistic (paper) or hinge loss")
+    mix_previous: float = param(0.0, "share of the previous iteration's pairs added to the "
+                                "new ones (paper: 1.0 = all of them)", ge=0.0, le=1.0)
+
+
+@dataclass
 class RewardModelConfig:
     """Bradley-Terry reward model on preference pairs (a 1-output classification head)."""
 
     center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
                                  "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
-
-
-@dataclass
-class OnlineConfig:
-    """Keys every online algorithm's section has (the loop in `OnlineTrainer` reads them)."""
-
-    prompts_per_step: int = param(8, "prompts sampled per step (per process)", gt=0)
-    overlong_cache: int = param(0, "DAPO soft overlong punishment: the last N tokens of "
-                                "rollout.max_new_tokens ramp the reward down to -1; 0 = off",
-                                ge=0)
-    mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
-                                 "loss (DAPO's overlong filtering)")
 
 
 @dataclass
@@ -298,17 +346,36 @@ class LoggingConfig:
     progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
 
 
-ALGORITHMS = ("dpo", "ipo", "reward_model", "grpo", "ppo", "apa", "drpo")
-ONLINE = ("grpo", "ppo", "apa", "drpo")   # algorithms that sample from the policy
-ONLINE_SECTIONS = ("rollout", "rewards")  # recipe sections only they use
+ALGORITHMS = ("dpo", "ipo", "copg", "spin", "reward_model", "grpo", "ppo", "apa", "drpo")
+ONLINE = ("grpo", "ppo", "apa", "drpo")   # algorithms that always learn from their samples
+PAIRS_ONLINE = ("dpo", "ipo", "copg")     # pair losses with an `online:` switch
+ONLINE_SECTIONS = ("rollout", "rewards")  # recipe sections only sampling / scoring runs use
 CRITIC = ("ppo", "apa", "drpo")          # algorithms with a value model (`critic:`)
+
+
+def is_online(recipe: Recipe) -> bool:
+    """Does this run train on the policy's own scored samples (the online loop)?"""
+    return recipe.algorithm in ONLINE or (recipe.algorithm in PAIRS_ONLINE
+                                          and getattr(recipe, recipe.algorithm).online)
+
+
+def uses_rollout(recipe: Recipe) -> bool:
+    """Does this run generate through the rollout engine (`rollout:`)?"""
+    return is_online(recipe) or recipe.algorithm == "spin"
+
+
+def uses_rewards(recipe: Recipe) -> bool:
+    """Does this run score completions with the recipe's `rewards:`?"""
+    return is_online(recipe) or (recipe.algorithm == "copg"
+                                 and recipe.copg.rewards_from == "scorer")
 
 
 @dataclass
 class Recipe:
     """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
 
-    algorithm: Literal["dpo", "ipo", "reward_model", "grpo", "ppo", "apa", "drpo"] = param(
+    algorithm: Literal["dpo", "ipo", "copg", "spin", "reward_model", "grpo", "ppo", "apa",
+                       "drpo"] = param(
         help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
@@ -317,6 +384,8 @@ class Recipe:
     trainer: TrainerConfig = section(TrainerConfig)
     dpo: DPOConfig = section(DPOConfig)
     ipo: IPOConfig = section(IPOConfig)
+    copg: CoPGConfig = section(CoPGConfig)
+    spin: SPINConfig = section(SPINConfig)
     reward_model: RewardModelConfig = section(RewardModelConfig)
     grpo: GRPOConfig = section(GRPOConfig)
     ppo: PPOConfig = section(PPOConfig)
@@ -326,9 +395,10 @@ class Recipe:
     rollout: RolloutConfig = section(RolloutConfig)
     rewards: list[dict] = param(
         default_factory=lambda: [{"name": "exact_answer"}],
-        help="online trainers: reward parts, each {name, weight (1), constraint (false), "
-             "label, scorer options...}; name = a built-in (exact_answer, math_equiv, regex, "
-             "python_tests, reward_model) or 'package.module:Name'")
+        help="online trainers (and offline CoPG scoring its pairs): reward parts, each "
+             "{name, weight (1), constraint (false), label, scorer options...}; name = a "
+             "built-in (exact_answer, math_equiv, regex, python_tests, reward_model) or "
+             "'package.module:Name'")
     eval: EvalConfig = section(EvalConfig)
     launch: LaunchConfig = section(LaunchConfig)
     logging: LoggingConfig = section(LoggingConfig)

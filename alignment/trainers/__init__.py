@@ -9,6 +9,11 @@ from alignment.config import ConfigError, Recipe
 TRAINERS: dict[str, str] = {
     "dpo": "alignment.trainers.dpo:DPOTrainer",
     "ipo": "alignment.trainers.ipo:IPOTrainer",
+    "copg": "alignment.trainers.copg:CoPGTrainer",
+    "spin": "alignment.trainers.spin:SPINTrainer",
+    "dpo+online": "alignment.trainers.dpo:OnlineDPOTrainer",
+    "ipo+online": "alignment.trainers.ipo:OnlineIPOTrainer",
+    "copg+online": "alignment.trainers.copg:OnlineCoPGTrainer",
     "reward_model": "alignment.trainers.reward_model:RewardModelTrainer",
     "grpo": "alignment.trainers.grpo:GRPOTrainer",
     "ppo": "alignment.trainers.ppo:PPOTrainer",
@@ -17,8 +22,16 @@ TRAINERS: dict[str, str] = {
 }
 
 
+def trainer_key(recipe: Recipe) -> str:
+    """The TRAINERS entry of a recipe: its algorithm, `+online` for a pair loss's online mode."""
+    from alignment.config.schema import PAIRS_ONLINE, is_online
+
+    online = recipe.algorithm in PAIRS_ONLINE and is_online(recipe)
+    return recipe.algorithm + ("+online" if online else "")
+
+
 def run_recipe(recipe: Recipe, recipe_path: str | None = None) -> None:
-    target = TRAINERS.get(recipe.algorithm)
+    target = TRAINERS.get(trainer_key(recipe))
     if target is None:
         raise ConfigError([f"algorithm '{recipe.algorithm}' has no trainer in this version "
                            f"(available: {', '.join(TRAINERS) or 'none yet'})"], recipe_path)

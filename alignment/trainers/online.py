@@ -29,15 +29,10 @@ import torch
 from alignment.data import DataError, load_examples, render_prompt
 from alignment.losses.grpo import overlong_penalty
 from alignment.models import load_causal_lm, resolve_model
-from alignment.rollout import (
-    Rollouts,
-    SamplingParams,
-    logprob_gap,
-    make_engine,
-    vllm_available,
-)
+from alignment.rollout import Rollouts, SamplingParams, logprob_gap
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
+from alignment.trainers.engine_setup import EngineSetup
 from alignment.trainers.online_parts import (  # noqa: F401 - _micro_batches: tests use it here
     PromptExample,
     RoundStats,
@@ -54,7 +49,7 @@ from reward_models.registry import build_composite
 VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
 
 
-class OnlineTrainer(Trainer):
+class OnlineTrainer(EngineSetup, Trainer):
     @property
     def algo(self):
         """The recipe section of this run's algorithm (an `OnlineConfig`)."""
@@ -142,33 +137,11 @@ class OnlineTrainer(Trainer):
         if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
             (self.output_dir / "samples.jsonl").unlink(missing_ok=True)
         self.gaps: list[tuple[float, float]] = []
-        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                       else self.tokenizer.eos_token_id)
         self.scorer = build_composite(self.recipe.rewards)
         self.verifier_key = next((p.key for p in self.scorer.parts
                                   if p.scorer.name in VERIFIERS and not p.constraint), None)
         self.ref_model = self._load_reference() if self.needs_reference() else None
-        r = self.recipe.rollout
-        self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                       max_new_tokens=r.max_new_tokens)
-        backend = r.backend
-        if backend == "auto":
-            backend = "vllm" if vllm_available() else "hf"
-        t0 = time.perf_counter()
-        options = (self._vllm_options() if backend == "vllm"
-                   else {"synced": self.zero_stage == 3})   # ZeRO-3: decode in lockstep
-        self.engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
-                                  model_path=str(self.model_path), **options)
-        self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "
-                  "to start)")
-
-    def _vllm_options(self) -> dict:
-        r = self.recipe.rollout
-        longest = self.recipe.data.max_prompt_length + max(r.max_new_tokens,
-                                                           self.recipe.eval.max_new_tokens)
-        return {"dtype": r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch."),
-                "kv_cache_gb": r.kv_cache_gb, "gpu_memory_utilization": r.gpu_memory_utilization,
-                "max_model_len": longest + 8, "seed": self.cfg.seed + self.rank}
+        self.start_engine()
 
     def _load_reference(self):
         """π_ref: a frozen copy (or, for a LoRA policy, the policy with adapters off)."""

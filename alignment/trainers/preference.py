@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,8 @@ class Pair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     where: str
+    row: dict = field(default_factory=dict)          # the row's other columns
+    rewards: tuple[float, float] | None = None       # CoPG: a scalar reward per completion
 
 
 class PairData:
@@ -52,7 +54,7 @@ class PairData:
             raise DataError(f"{path}: no usable preference pairs left "
                             f"({report.summary() or 'empty'})")
         return [Pair(i, t.prompt_ids, t.completion_ids["chosen"], t.completion_ids["rejected"],
-                     t.where) for i, t in enumerate(tokenized)]
+                     t.where, dict(t.extra)) for i, t in enumerate(tokenized)]
 
     def example_length(self, pair: Pair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
@@ -81,6 +83,8 @@ class PreferenceTrainer(PairData, Trainer):
             table = self._ref_table[split]                      # (N, 2): chosen, rejected
             idx = torch.tensor([p.index for p in pairs])
             batch["ref_logps"] = torch.cat([table[idx, 0], table[idx, 1]])   # (2B,)
+        if pairs[0].rewards is not None:
+            batch["pair_rewards"] = torch.tensor([p.rewards for p in pairs], dtype=torch.float64)
         return batch
 
     # ------------------------------------------------------------------ the loss
