@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Deterministic generator for the shipped arithmetic datasets (dataset version 1).
+"""Deterministic generator for the shipped arithmetic datasets (dataset version 2).
 
 Usage (from the repository root)::
 
@@ -19,6 +19,7 @@ Layout written under ``data/arithmetic/``::
     preference/{train,test}.jsonl       {"prompt", "chosen", "rejected", "answer", "task", "error"}
     preference_chat/{train,test}.jsonl  same, TRL conversational preference format
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
+    add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
 
 All five formats of one split hold the same problems with the same prompts, in the same order.
 """
@@ -31,7 +32,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split
@@ -532,10 +533,14 @@ def build_files(examples=None):
     for fmt in FORMATS:
         for split in SPLITS:
             files["%s/%s.jsonl" % (fmt, split)] = to_jsonl(format_row(fmt, ex) for ex in examples[split])
-    # the GRPO showcase's task alone: the add2 rows of rl/, same prompts, same order
+    # the GRPO showcase's task alone: the add2 rows of rl/, same prompts, same order; and
+    # the same rows as SFT demonstrations (SPIN) and preference pairs (offline DPO / CoPG)
     for split in SPLITS:
         files["add2/%s.jsonl" % split] = to_jsonl(format_row("rl", ex) for ex in examples[split]
                                                   if ex["task"] == "add2")
+        for fmt in ("sft_plain", "preference"):
+            files["add2_%s/%s.jsonl" % (fmt, split)] = to_jsonl(
+                format_row(fmt, ex) for ex in examples[split] if ex["task"] == "add2")
     return files
 
 
