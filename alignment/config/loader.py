@@ -353,6 +353,9 @@ def _check_sections(recipe: Recipe, raw: dict, problems: list[str]) -> None:
 
 
 def _check_spin(recipe: Recipe, problems: list[str]) -> None:
+    if recipe.trainer.epochs != 1:
+        problems.append(f"trainer.epochs ({recipe.trainer.epochs}) does not apply to spin: set "
+                        "spin.epochs (passes per iteration) and spin.iterations")
     lam = recipe.spin.lam
     if not lam or not all(v > 0 for v in lam):
         problems.append(f"spin.lam must be a non-empty list of values > 0, got {lam}")

@@ -90,7 +90,7 @@ class Trainer(abc.ABC):
             self.model = self.accelerator.prepare_model(self.trainable)
             self.optim = MasterWeightOptimizer(groups, self.cfg)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.total_steps = self.planned_steps()
         self.scheduler = build_scheduler(self.optim.optimizer, self.cfg, self.total_steps)
         self.step = 0
         self.nan_streak = 0
@@ -223,9 +223,19 @@ class Trainer(abc.ABC):
         self.accelerator.wait_for_everyone()
         return summary
 
+    def planned_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+
+    def epoch_position(self) -> tuple[int, int, float]:
+        """(epoch, step within it, epochs done after it) of the current step; the epoch
+        seeds the data order."""
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        return epoch, in_epoch, epoch + (in_epoch + 1) / self.steps_per_epoch
+
     def _train_step(self) -> dict:
         t0 = time.perf_counter()
-        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        epoch, in_epoch, progress = self.epoch_position()
         micro = batching.step_batches(self._plan(epoch), in_epoch, grad_accum=self.cfg.grad_accum,
                                       processes=self.world, rank=self.rank)
         batches = [self.collate([self.train_set[i] for i in mb]) for mb in micro]
@@ -233,8 +243,7 @@ class Trainer(abc.ABC):
         self.advance_schedule()
         seconds = time.perf_counter() - t0
         tokens = int(self._sum_across_processes(sum(b["n_tokens"] for b in batches)))
-        metrics.update({"epoch": epoch + (in_epoch + 1) / self.steps_per_epoch,
-                        "step_seconds": seconds, "tokens": tokens,
+        metrics.update({"epoch": progress, "step_seconds": seconds, "tokens": tokens,
                         "tokens_per_s": tokens / seconds})
         return metrics
 

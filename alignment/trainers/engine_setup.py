@@ -5,12 +5,41 @@ from __future__ import annotations
 
 import time
 
+from alignment.data import DataError, load_examples, render_prompt
 from alignment.rollout import SamplingParams, make_engine, vllm_available
+from alignment.trainers.online_parts import PromptExample
+from reward_models import is_correct
 
 
 class EngineSetup:
-    """Mixin for `Trainer`s: `start_engine()` sets `self.engine`, `self.sampling` and
-    `self.pad_id` from the recipe's `rollout:` section."""
+    """Mixin for `Trainer`s that generate: prompt data, `start_engine()` (sets `self.engine`,
+    `self.sampling` and `self.pad_id` from the recipe's `rollout:` section) and greedy
+    accuracy through the engine."""
+
+    def load_prompts(self, path: str, limit: int | None) -> list[PromptExample]:
+        """Prompt rows (prompt + answer + any columns for the scorers), rendered and
+        tokenised; over-long prompts follow data.too_long."""
+        d = self.recipe.data
+        out, too_long = [], []
+        for ex in load_examples(path, "prompt", limit=limit):
+            text = render_prompt(self.tokenizer, ex.prompt, chat_template=d.chat_template,
+                                 system_prompt=d.system_prompt, plain=ex.plain)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > d.max_prompt_length:
+                if d.too_long == "error":
+                    raise DataError(f"{ex.where}: prompt has {len(ids)} tokens, over "
+                                    f"data.max_prompt_length={d.max_prompt_length}")
+                if d.too_long == "skip":
+                    too_long.append(ex.where)
+                    continue
+                ids = ids[-d.max_prompt_length:]
+            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out)))
+        if too_long:
+            self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
+                      f"={d.max_prompt_length} (first: {too_long[0]})")
+        if not out:
+            raise DataError(f"{path}: no usable prompts")
+        return out
 
     def start_engine(self) -> None:
         r = self.recipe.rollout
@@ -36,3 +65,25 @@ class EngineSetup:
         return {"dtype": r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch."),
                 "kv_cache_gb": r.kv_cache_gb, "gpu_memory_utilization": r.gpu_memory_utilization,
                 "max_model_len": longest + 8, "seed": self.cfg.seed + self.rank}
+
+    def engine_accuracy(self, examples: list[PromptExample] | None = None) -> dict:
+        """Greedy exact-answer accuracy on `examples` (default: data.eval) through the
+        rollout engine, every process answering its share."""
+        examples = self.eval_set if examples is None else examples
+        if not examples or not hasattr(self, "engine"):
+            return {}
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.recipe.eval.max_new_tokens)
+        share = self.eval_share(examples)   # each process answers its share
+        correct, length = [], 0
+        if share:
+            rollouts = self.engine.generate([e.prompt_ids for e, _ in share], n=1,
+                                            sampling=sampling)
+            for text, ids, i in zip(rollouts.texts, rollouts.completion_ids,
+                                    rollouts.prompt_index, strict=True):
+                example, counted = share[i]
+                if counted:   # (not a repeat that only keeps ZeRO-3 processes in step)
+                    correct.append(is_correct(text, example.row.get("answer", "")))
+                    length += len(ids)
+        values = self._sum_vector([sum(correct), len(correct), length])
+        return {"eval/accuracy": values[0] / max(values[1], 1),
+                "eval/completion_length": values[2] / max(values[1], 1)}

@@ -26,10 +26,9 @@ import time
 
 import torch
 
-from alignment.data import DataError, load_examples, render_prompt
 from alignment.losses.grpo import overlong_penalty
 from alignment.models import load_causal_lm, resolve_model
-from alignment.rollout import Rollouts, SamplingParams, logprob_gap
+from alignment.rollout import Rollouts, logprob_gap
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
 from alignment.trainers.engine_setup import EngineSetup
@@ -43,7 +42,6 @@ from alignment.trainers.online_parts import (  # noqa: F401 - _micro_batches: te
     _timed,
 )
 from alignment.trainers.sequences import collate_groups, group_token_logps
-from reward_models import is_correct
 from reward_models.registry import build_composite
 
 VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
@@ -57,27 +55,7 @@ class OnlineTrainer(EngineSetup, Trainer):
 
     # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list[PromptExample]:
-        d = self.recipe.data
-        out, too_long = [], []
-        for ex in load_examples(path, "prompt", limit=limit):
-            text = render_prompt(self.tokenizer, ex.prompt, chat_template=d.chat_template,
-                                 system_prompt=d.system_prompt, plain=ex.plain)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > d.max_prompt_length:
-                if d.too_long == "error":
-                    raise DataError(f"{ex.where}: prompt has {len(ids)} tokens, over "
-                                    f"data.max_prompt_length={d.max_prompt_length}")
-                if d.too_long == "skip":
-                    too_long.append(ex.where)
-                    continue
-                ids = ids[-d.max_prompt_length:]
-            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out)))
-        if too_long:
-            self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
-                      f"={d.max_prompt_length} (first: {too_long[0]})")
-        if not out:
-            raise DataError(f"{path}: no usable prompts")
-        return out
+        return self.load_prompts(path, limit)
 
     def example_length(self, example: PromptExample) -> int:
         return len(example.prompt_ids)
@@ -366,23 +344,7 @@ class OnlineTrainer(EngineSetup, Trainer):
     def evaluate_loss(self) -> dict:
         """Online trainers have no held-out loss: greedy accuracy on data.eval through the
         rollout engine instead (fast; `alignment eval` is the reference measurement)."""
-        if not self.eval_set or not hasattr(self, "engine"):
-            return {}
-        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.recipe.eval.max_new_tokens)
-        share = self.eval_share(self.eval_set)   # each process answers its share
-        correct, length = [], 0
-        if share:
-            rollouts = self.engine.generate([e.prompt_ids for e, _ in share], n=1,
-                                            sampling=sampling)
-            for text, ids, i in zip(rollouts.texts, rollouts.completion_ids,
-                                    rollouts.prompt_index, strict=True):
-                example, counted = share[i]
-                if counted:   # (not a repeat that only keeps ZeRO-3 processes in step)
-                    correct.append(is_correct(text, example.row.get("answer", "")))
-                    length += len(ids)
-        values = self._sum_vector([sum(correct), len(correct), length])
-        return {"eval/accuracy": values[0] / max(values[1], 1),
-                "eval/completion_length": values[2] / max(values[1], 1)}
+        return self.engine_accuracy()
 
 
 __all__ = ["OnlineTrainer", "PromptExample", "RoundStats", "Sample"]

@@ -157,11 +157,7 @@ class PreferenceTrainer(PairData, Trainer):
             chunk = [pairs[i] for i in idx]
             batch = collate_pairs([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk],
                                   [p.rejected_ids for p in chunk], self.tokenizer.pad_token_id)
-            if self.uses_lora or hasattr(self, "_ref_model"):
-                logps = self._reference_logps(batch)
-            else:  # full fine-tuning before the first step: the policy IS π_ref
-                logps = pair_logps(self.policy, batch, average=self.average_logps)
-            logps = logps.double().cpu()
+            logps = self._table_logps(batch).double().cpu()
             if not counted:   # a repeated batch that only keeps ZeRO-3 processes in step
                 continue
             table[idx, 0] = logps[:len(idx)]
@@ -170,6 +166,13 @@ class PreferenceTrainer(PairData, Trainer):
         if self.world > 1:  # shares are disjoint and zero elsewhere: a sum gathers them
             table = self.accelerator.reduce(table.to(self.accelerator.device), "sum").cpu()
         return table
+
+    def _table_logps(self, batch: dict) -> torch.Tensor:
+        """Reference log-probs of one batch for the precomputed table."""
+        if self.uses_lora or hasattr(self, "_ref_model"):
+            return self._reference_logps(batch)
+        # full fine-tuning before the first step: the policy IS π_ref
+        return pair_logps(self.policy, batch, average=self.average_logps)
 
     def _reference_key(self) -> str:
         d = self.recipe.data
