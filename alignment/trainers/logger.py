@@ -81,7 +81,7 @@ class MetricsLogger:
 
 def _short(key: str) -> str:
     return {"eval/loss": "eval", "eval/accuracy": "eval_acc", "completion_length": "len",
-            "step_seconds": "s/step"}.get(key, key.split("/")[-1])
+            "step_seconds": "s/step", "rewards/accuracy": "pair_acc"}.get(key, key.split("/")[-1])
 
 
 def plot_curves(history: list[dict], path: Path, max_panels: int = 6) -> None:
