@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from alignment.config import ConfigError
     from alignment.data import DataError
+    from alignment.errors import TrainingError
     from alignment.launch import LaunchError
     from alignment.models import ModelNotFoundError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelNotFoundError, LaunchError) as exc:
+    except (ConfigError, DataError, ModelNotFoundError, LaunchError, TrainingError) as exc:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         where = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
         print(f"{where}error: {exc}", file=sys.stderr)

@@ -106,7 +106,7 @@ def plan(recipe: Recipe) -> LaunchPlan:
         problems.append(f"launch.machine_rank={result.machine_rank} must be in 0.."
                         f"{result.num_machines - 1}")
     if result.distributed_type == "DEEPSPEED" and _zero_stage(file_cfg) == 3 and \
-            recipe.algorithm in CRITIC:
+            recipe.algorithm in (*CRITIC, "spin"):
         problems.append(f"{recipe.algorithm} under DeepSpeed ZeRO-3 is not supported in this "
                         "version: use launch/deepspeed_zero2.yaml or DDP")
     if problems:

@@ -234,3 +234,34 @@ def test_resolved_online_recipe_round_trips():
     data = recipe_to_dict(recipe_from_dict(raw))
     assert "reference" not in data["dpo"] and "rollout" in data and "rewards" in data
     assert recipe_to_dict(recipe_from_dict(json.loads(json.dumps(data)))) == data
+
+
+# ------------------------------------------------------------------ the command line
+def test_cli_reports_pair_problems_with_exit_2(tmp_path, tiny_model_dir, pairs_file):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    online = tmp_path / "online.yaml"
+    online.write_text(yaml.safe_dump({"algorithm": "copg", "copg": {"online": True}}))
+    out = subprocess.run([sys.executable, "-m", "alignment", "check", str(online)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "copg.online is true but the recipe has no 'rewards:' section" in out.stderr
+
+    rows = [json.loads(x) for x in open(pairs_file).read().splitlines()]
+    rows[1]["chosen_reward"] = float("inf")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "offline.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "algorithm": "copg", "output_dir": str(tmp_path / "out"),
+        "model": {"name": tiny_model_dir}, "data": {"train": str(bad), "eval": None},
+        "eval": {"before_after": False}}))
+    out = subprocess.run([sys.executable, "-m", "alignment", "train", str(recipe)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"{bad} line 2: column 'chosen_reward' must be a finite number" in out.stderr

@@ -29,6 +29,7 @@ import torch
 
 from alignment import atomic
 from alignment.config import Recipe, dump_recipe
+from alignment.errors import TrainingError
 from alignment.models import (
     load_causal_lm,
     load_tokenizer,
@@ -51,10 +52,6 @@ def set_threads(threads: int | None) -> int:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)   # for engines started later (vLLM CPU)
     return threads
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite losses in a row)."""
 
 
 class Trainer(abc.ABC):
