@@ -159,6 +159,33 @@ def test_online_dpo_learns_the_reward(tmp_path, tiny_model_dir, prompts_file):
     assert last > first + 0.3, (first, last)
 
 
+def ties_on_odd_answers(prompts, completions, rows):
+    """Every sample of a prompt with an odd answer scores the same: no pair there."""
+    return [1.0 if row["answer"] % 2 else len(c) / 10
+            for c, row in zip(completions, rows, strict=True)]
+
+
+def test_dropped_ties_are_refilled_by_more_sampling_rounds(tmp_path, tiny_model_dir,
+                                                           prompts_file):
+    recipe = online_recipe(tmp_path, tiny_model_dir, prompts_file,
+                           trainer={"max_steps": 3},
+                           dpo={"max_sampling_rounds": 6},
+                           rewards=[{"name": "test_pair_trainers:ties_on_odd_answers"}])
+    OnlineDPOTrainer(recipe).train()
+    steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if "pairs" in json.loads(x)]
+    assert [r["pairs"] for r in steps] == [2.0, 2.0, 2.0]          # always a full step
+    assert any(r["groups_with_signal"] < 1 for r in steps)         # after dropping ties
+
+
+def test_all_ties_skip_the_step_with_a_message(tmp_path, tiny_model_dir, prompts_file, capsys):
+    recipe = online_recipe(tmp_path, tiny_model_dir, prompts_file,
+                           trainer={"max_steps": 1}, dpo={"max_sampling_rounds": 2},
+                           rewards=[{"name": "exact_answer"}])   # a random model: all 0
+    OnlineDPOTrainer(recipe).train()
+    assert "no sample with a learning signal after 2 sampling round(s)" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ offline CoPG
 def offline_recipe(out, model, pairs, **sections):
     base = {"algorithm": "copg", "output_dir": str(out),

@@ -113,6 +113,9 @@ class PairsOnlineConfig(OnlineConfig):
                          "`rewards:` and uses `rollout:`) instead of the data's pairs")
     num_generations: int = param(4, "online: samples per prompt; the best- and worst-scored "
                                  "form the pair (ties dropped and counted)", ge=2)
+    max_sampling_rounds: int = param(1, "online: while a step has fewer pairs than prompts x "
+                                     "pairs per prompt (ties dropped), sample more prompts, "
+                                     "up to this many rounds (DAPO-style refill)", ge=1)
 
 
 @dataclass

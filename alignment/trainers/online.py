@@ -193,7 +193,7 @@ class OnlineTrainer(EngineSetup, Trainer):
             enough = len(samples) >= self.min_samples
             if self._all_processes(enough) if self.zero_stage == 3 else enough:
                 break   # (ZeRO-3: generation is collective, so rounds end together)
-        samples = samples[:self.min_samples]   # whole groups: min_samples is P x G
+        samples = samples[:self.min_samples]   # whole groups (pairs): a multiple of their size
         n_samples = int(self._sum_across_processes(float(len(samples))))   # all processes
         if not n_samples:
             self.optim.zero_grad()

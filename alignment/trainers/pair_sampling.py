@@ -74,6 +74,19 @@ class OnlinePairTrainer(OnlineTrainer):
     def samples_per_prompt(self) -> int:
         return self.algo.num_generations
 
+    @property
+    def pairs_per_prompt(self) -> int:
+        return 1 if self.pairing == "best_worst" else self.samples_per_prompt // 2
+
+    @property
+    def min_samples(self) -> int:
+        """A full step: every prompt's pairs (rounds of more prompts refill dropped ties)."""
+        return 2 * self.pairs_per_prompt * self.prompts_per_step
+
+    @property
+    def max_rounds(self) -> int:
+        return self.algo.max_sampling_rounds
+
     def needs_reference(self) -> bool:
         return True
 
@@ -86,11 +99,8 @@ class OnlinePairTrainer(OnlineTrainer):
         info.groups += len(pairs) + ties            # logged as groups_with_signal: the
         info.groups_with_signal += len(pairs)       # share of candidate pairs kept
         out = []
-        for i, j in pairs:
-            for k in (i, j):   # a pair is one group: its prompt is computed once
-                sample = self.make_sample(rollouts, k, rewards[k], truncated[k])
-                sample.group = i
-                out.append(sample)
+        for i, j in pairs:   # the pairs of a prompt are one group: its prompt computed once
+            out += [self.make_sample(rollouts, k, rewards[k], truncated[k]) for k in (i, j)]
         return out
 
     def prepare_batches(self, batches: list[dict]) -> dict:
