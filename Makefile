@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-rollout bench-scaling bench-actor-critic clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rollout bench-scaling bench-actor-critic clean
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,10 @@ bench-dpo: setup
 # TRL's GRPOTrainer vs ours, same GRPO configuration, one run.
 bench-grpo: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/grpo_vs_trl.py --json bench/grpo_vs_trl.json
+
+# Online DPO vs TRL's OnlineDPOTrainer, online CoPG vs TRL's RLOOTrainer (k = 2), one run.
+bench-pairs: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/pairs_vs_trl.py --json bench/pairs_vs_trl.json
 
 # PPO / APA / DR-PO vs GRPO: s/step at 64 samples per step, time split, peak RSS.
 bench-actor-critic: setup

@@ -30,7 +30,15 @@ AdamW, lr 2e-5 constant (the recipes'), grad-norm clip 1.0, no gradient checkpoi
 frozen reference copy of the initial model on both sides, the same thread count, no eval,
 no checkpoints, no logging to disk beyond what each trainer needs. Each run is its own
 fresh process so that peak RSS (VmHWM) is its own. The prompts of a step are each trainer's
-own (seeded) draw from the same rows.
+own (seeded) draw from the same rows. Ours samples one round per step
+(`max_sampling_rounds` left at 1: no refill of tied pairs).
+
+Left as each trainer does it (part of what is measured): TRL's online DPO runs both samples
+of a prompt as separate rows (the prompt computed twice per pair; ours packs a pair with
+one copy of its prompt) and takes log-probs at temperature 1 (ours: at the rollout
+temperature, as sampled); TRL's RLOO computes "old" log-probs with an extra no-grad
+forward even at num_iterations=1 (ours has no such pass: one reference forward, then
+the update).
 
 Reward (--reward): `tiebreak` (default) = exact answer + 0.001 x a tie-breaker, on both
 sides as two reward parts (ours: `rewards:` [exact_answer, this file's `tie_break`, weight
@@ -53,7 +61,10 @@ TRL configurations (--trl-configs, each run and printed; the ratio is against th
   +gc       suffix: gradient checkpointing on (TRL's default; slower, less memory)
   +cb       suffix, RLOO only: transformers continuous batching for generation
             (`use_transformers_continuous_batching`); TRL casts the policy to bf16 for it
-            under bf16=True, so only `bf16+cb` is allowed
+            under bf16=True, so only `bf16+cb` is allowed. Not in the default list: in a
+            smoke test on this CPU (2 x 2 samples, 4 new tokens, 1 thread, another job
+            running) it took ~14 s to generate and ~12 GB peak RSS, vs ~0.2 s / 2.3 GB
+            with plain `generate`
 Generation: TRL without vLLM (transformers `generate` on the policy): TRL 1.16's colocated
 vLLM weight sync crashes with vLLM 0.32 on CPU, and patched to work it was slower than
 without vLLM (ENVIRONMENT.md). Ours uses its `rollout.backend` (auto: an in-process vLLM
@@ -368,7 +379,7 @@ def print_row(which: str, r: dict) -> None:
     split = " / ".join(f"{r[k]:.2f}" if k in r else "  - " for k in (
         "s_per_step_generate", "s_per_step_score", "s_per_step_prepare",
         "s_per_step_update", "s_per_step_sync"))
-    print(f"{which:<6}{r['config']:<13}{r['generation']:<6}{r['s_per_step']:>8.2f}"
+    print(f"{which:<6}{r['config']:<13}{r['generation']:<7}{r['s_per_step']:>8.2f}"
           f"{r['first_step_seconds']:>7.2f}{r['completion_tokens_per_step']:>9.0f}"
           f"{r['pairs_per_step']:>7.1f}{r['peak_rss_gb']:>9.2f}   {split}", flush=True)
 
@@ -432,7 +443,7 @@ def main() -> None:
         "our_dtype": args.our_dtype, "our_backend": args.our_backend,
         "trl_configs": trl_configs, "trl_generation": "hf (no vLLM)",
         "timing": "mean s/step over steps 2..N"}}
-    head = (f"{'':<6}{'config':<13}{'gen':<6}{'s/step':>8}{'1st':>7}{'tok/step':>9}"
+    head = (f"{'':<6}{'config':<13}{'gen':<7}{'s/step':>8}{'1st':>7}{'tok/step':>9}"
             f"{'pairs':>7}{'peak GB':>9}   split s/step (generate / score / prepare / "
             "update / sync)")
     for bench in benches:
@@ -464,7 +475,7 @@ def main() -> None:
             section["ratio"] = {"trl_fastest": fastest, "trl_over_ours_s_per_step": ratio,
                                 "trl_over_ours_peak_rss": rss,
                                 "trl_lowest_over_ours_peak_rss": lowest_rss}
-            print(f"{'ratio':<6}{fastest.removeprefix('trl-'):<13}{'':<6}{ratio:>7.2f}x  "
+            print(f"{'ratio':<6}{fastest.removeprefix('trl-'):<13}{'':<7}{ratio:>7.2f}x  "
                   f"(TRL's fastest s/step / ours; its peak RSS / ours {rss:.2f}x, TRL's "
                   f"lowest / ours {lowest_rss:.2f}x)", flush=True)
         results[bench] = section
