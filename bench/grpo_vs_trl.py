@@ -53,31 +53,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from child_runs import peak_rss_gb, run_child, write_json  # bench/: the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data/arithmetic/add2/train.jsonl"
 LR = 1e-5
-
-
-def peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
-    return float("nan")
-
-
-def steady(values: list[float]) -> float:
-    """Mean without the first (warm-up) step."""
-    rest = values[1:]
-    return sum(rest) / len(rest) if rest else float("nan")
 
 
 # ---------------------------------------------------------------------- TRL
@@ -224,33 +211,11 @@ def launch(which: str, dtype: str, args, prompts: str) -> dict:
            "--generations", str(args.generations)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    shutil.rmtree(workdir, ignore_errors=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        sys.exit(f"{which} {dtype} failed (rc {out.returncode}):\n{out.stderr[-6000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["wall_seconds"] = time.perf_counter() - start
-    said = re.search(r"rollout engine: (\w+) \(([\d.]+) s to start\)", out.stderr)
-    if said:   # the trainer's own figure (engine only; ours above also has the first sync)
-        result["engine_start_reported"] = float(said.group(2))
-    steps = result["step_seconds"]
-    result["s_per_step"] = steady(steps)
-    result["first_step_seconds"] = steps[0] if steps else float("nan")
-    for key in [k for k in result if k.startswith("time_")]:
-        result[key.replace("time_", "s_per_step_")] = steady(result[key])
-    result["completion_tokens_per_step"] = steady(result["completion_tokens"])
+    try:
+        result = run_child(cmd, env, f"{which} {dtype}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return result
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:

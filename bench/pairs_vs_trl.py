@@ -94,14 +94,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from child_runs import peak_rss_gb, run_child, steady, write_json  # bench/: the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -112,19 +112,6 @@ TIE_WEIGHT = 1e-3
 BENCHES = {"dpo": "Online DPO: ours OnlineDPOTrainer vs TRL experimental OnlineDPOTrainer",
            "copg": "Online CoPG vs TRL RLOOTrainer (k = 2)"}
 TRL_BASES = ("bf16", "autocast", "fp32")
-
-
-def peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
-    return float("nan")
-
-
-def steady(values: list[float]) -> float:
-    """Mean without the first (warm-up) step."""
-    rest = values[1:]
-    return sum(rest) / len(rest) if rest else float("nan")
 
 
 def _hash01(text: str) -> float:
@@ -344,35 +331,13 @@ def launch(bench: str, which: str, config: str, args, prompts: str) -> dict:
            "--our-backend", args.our_backend]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    shutil.rmtree(workdir, ignore_errors=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        sys.exit(f"{bench} {which} {config} failed (rc {out.returncode}):\n{out.stderr[-6000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    try:
+        result = run_child(cmd, env, f"{bench} {which} {config}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     result["config"] = config
-    result["wall_seconds"] = time.perf_counter() - start
-    said = re.search(r"rollout engine: (\w+) \(([\d.]+) s to start\)", out.stderr)
-    if said:   # the trainer's own figure (engine only; setup_seconds has more)
-        result["engine_start_reported"] = float(said.group(2))
-    steps = result["step_seconds"]
-    result["s_per_step"] = steady(steps)
-    result["first_step_seconds"] = steps[0] if steps else float("nan")
-    for key in [k for k in result if k.startswith("time_")]:
-        result[key.replace("time_", "s_per_step_")] = steady(result[key])
-    result["completion_tokens_per_step"] = steady(result["completion_tokens"])
     result["pairs_per_step"] = steady(result["pairs"])
     return result
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def print_row(which: str, r: dict) -> None:

@@ -215,8 +215,12 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
                  for i, (d, g) in enumerate(zip(self.demos, generated, strict=True))]
         extra = self.iteration_sizes()[t] - len(pairs)
         if extra:   # a seeded share of the previous iteration's pairs
-            previous, _ = self._load_iteration(self._iteration_dir(t - 1),
-                                               self._iteration_key(t - 1), table=False)
+            saved = self._load_iteration(self._iteration_dir(t - 1), self._iteration_key(t - 1),
+                                         table=False)
+            if saved is None:
+                raise TrainingError(f"{self._iteration_dir(t - 1)}: the previous iteration's "
+                                    "pairs are missing (spin.mix_previous needs them)")
+            previous = saved[0]
             picked = random.Random(self.cfg.seed * 7_919 + t).sample(previous, extra)
             pairs += [Pair(len(pairs) + k, p.prompt_ids, p.chosen_ids, p.rejected_ids, p.where,
                            p.row) for k, p in enumerate(picked)]
