@@ -5,7 +5,8 @@
 
 Panels: held-out greedy accuracy (engine eval), batch reward, KL to the reference
 (per sequence), value loss, the critic's explained variance, and wall time per step, each
-against the step; a key a run does not log is left out of its panel.
+against the step; a key a run does not log is left out of its panel, a key no run logs
+has no panel.
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def main() -> None:
         label, _, folder = spec.partition("=")
         rows = [json.loads(x) for x in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
         runs[label] = rows
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
+    panels = [(k, t) for k, t in PANELS if any(k in r for rows in runs.values() for r in rows)]
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.4 * cols, 3.3 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for label, rows in runs.items():
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
