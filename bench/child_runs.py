@@ -49,6 +49,23 @@ def run_child(cmd: list[str], env: dict, label: str) -> dict:
     return result
 
 
+def trl_prompts(path: str):
+    """The bench's prompt rows as a TRL dataset: conversational prompts + their answer."""
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in open(path)]
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "answer": str(r["answer"])} for r in rows])
+
+
+def trl_exact_answer(completions, answer, **kwargs) -> list[float]:
+    """TRL reward function: what our `exact_answer` scorer computes (`is_correct`)."""
+    from reward_models import is_correct
+
+    return [float(is_correct(c[-1]["content"], a)) for c, a in zip(completions, answer,
+                                                                   strict=True)]
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")

@@ -59,7 +59,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_runs import peak_rss_gb, run_child, write_json  # bench/: the script's folder
+from child_runs import (  # bench/: the script's folder
+    peak_rss_gb,
+    run_child,
+    trl_exact_answer,
+    trl_prompts,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,21 +76,14 @@ LR = 1e-5
 # ---------------------------------------------------------------------- TRL
 def run_trl(args) -> dict:
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from alignment.models import load_tokenizer, resolve_model
-    from reward_models import is_correct
 
     path = resolve_model("smollm2-135m")
-    rows = [json.loads(line) for line in open(args.prompts)]
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                  "answer": str(r["answer"])} for r in rows])
-
-    def exact_answer(completions, answer, **kwargs):
-        return [float(is_correct(c[-1]["content"], a)) for c, a in zip(completions, answer,
-                                                                       strict=True)]
+    dataset = trl_prompts(args.prompts)
+    exact_answer = trl_exact_answer
 
     step_times: list[float] = []
 

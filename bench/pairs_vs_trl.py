@@ -101,7 +101,14 @@ import time
 import zlib
 from pathlib import Path
 
-from child_runs import peak_rss_gb, run_child, steady, write_json  # bench/: the script's folder
+from child_runs import (  # bench/: the script's folder
+    peak_rss_gb,
+    run_child,
+    steady,
+    trl_exact_answer,
+    trl_prompts,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -137,21 +144,14 @@ def parse_trl_config(name: str, bench: str) -> dict:
 # ---------------------------------------------------------------------- TRL
 def run_trl(args) -> dict:
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from alignment.models import load_tokenizer, resolve_model
-    from reward_models import is_correct
 
     cfg = parse_trl_config(args.config, args.bench)
     path = resolve_model("smollm2-135m")
-    rows = [json.loads(line) for line in open(args.prompts)]
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                  "answer": str(r["answer"])} for r in rows])
-
-    def exact_answer(completions, answer, **kwargs):
-        return [float(is_correct(c[-1]["content"], a)) for c, a in zip(completions, answer,
-                                                                       strict=True)]
+    dataset = trl_prompts(args.prompts)
+    exact_answer = trl_exact_answer
 
     def tie_breaker(completions, **kwargs):
         return [_hash01(c[-1]["content"]) for c in completions]
