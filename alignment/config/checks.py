@@ -1,0 +1,100 @@
+"""Rules between recipe keys, checked after every key is valid on its own: which sections
+and keys apply to the chosen algorithm and mode, and values that only make sense together.
+Each problem is one line naming the dotted key(s) (collected, not raised: the loader
+reports them all at once)."""
+
+from __future__ import annotations
+
+from alignment.config.schema import (
+    CRITIC,
+    PAIRS_ONLINE,
+    Recipe,
+    is_online,
+    uses_rewards,
+    uses_rollout,
+)
+
+
+def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
+    d = recipe.data
+    if d.max_prompt_length >= d.max_length:
+        problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
+                        f"data.max_length ({d.max_length}) to leave room for the completion")
+    if uses_rewards(recipe):
+        from reward_models.registry import check_specs
+
+        problems.extend(check_specs(recipe.rewards))
+    if recipe.algorithm in CRITIC:
+        _check_critic(recipe, problems)
+    if recipe.algorithm == "spin":
+        _check_spin(recipe, problems)
+    if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
+        problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
+
+
+# keys of a pair loss's section that only its online mode reads (offline-only: the rest)
+PAIRS_ONLINE_KEYS = ("prompts_per_step", "num_generations", "max_sampling_rounds",
+                     "overlong_cache", "mask_truncated")
+PAIRS_OFFLINE_KEYS = ("reference", "rewards_from", "reward_columns")
+
+
+def check_sections(recipe: Recipe, raw: dict, problems: list[str]) -> None:
+    """Sections and keys that the chosen algorithm (and mode) would silently ignore."""
+    name = recipe.algorithm
+    mode = f"'{name}'" + (" (offline)" if name in PAIRS_ONLINE and not is_online(recipe) else "")
+    if "rollout" in raw and not uses_rollout(recipe):
+        problems.append(f"section 'rollout' applies to runs that generate (online algorithms, "
+                        f"spin, {'/'.join(PAIRS_ONLINE)} with online: true), not {mode}")
+    if "rewards" in raw and not uses_rewards(recipe):
+        hint = (" (copg scores its pairs with it only with copg.rewards_from: scorer)"
+                if name == "copg" else "")
+        problems.append(f"section 'rewards' applies to runs that score samples, not "
+                        f"{mode}{hint}")
+    if name not in PAIRS_ONLINE:
+        return
+    section = raw.get(name) or {}
+    if is_online(recipe):
+        if "rewards" not in raw:
+            problems.append(f"{name}.online is true but the recipe has no 'rewards:' section: "
+                            "say how samples are scored (e.g. rewards: [{name: exact_answer}])")
+        for key in PAIRS_OFFLINE_KEYS:
+            if key in section:
+                problems.append(f"{name}.{key} applies to offline {name} only "
+                                f"({name}.online is true)")
+    else:
+        for key in PAIRS_ONLINE_KEYS:
+            if key in section:
+                problems.append(f"{name}.{key} applies only with {name}.online: true")
+    if name == "copg" and len(recipe.copg.reward_columns) != 2:
+        problems.append(f"copg.reward_columns must name 2 columns (one per completion), got "
+                        f"{recipe.copg.reward_columns}")
+    if name == "copg" and is_online(recipe) and recipe.copg.num_generations % 2:
+        problems.append(f"copg.num_generations must be even (samples are paired), got "
+                        f"{recipe.copg.num_generations}")
+
+
+def _check_spin(recipe: Recipe, problems: list[str]) -> None:
+    if recipe.trainer.epochs != 1:
+        problems.append(f"trainer.epochs ({recipe.trainer.epochs}) does not apply to spin: set "
+                        "spin.epochs (passes per iteration) and spin.iterations")
+    lam = recipe.spin.lam
+    if not lam or not all(v > 0 for v in lam):
+        problems.append(f"spin.lam must be a non-empty list of values > 0, got {lam}")
+    elif len(lam) > recipe.spin.iterations:
+        problems.append(f"spin.lam has {len(lam)} values for spin.iterations="
+                        f"{recipe.spin.iterations}")
+
+
+def _check_critic(recipe: Recipe, problems: list[str]) -> None:
+    c = recipe.critic
+    if c.init == "reward_model" and not c.path:
+        problems.append("critic.init is 'reward_model' but critic.path is not set (a "
+                        "sequence-classification folder, e.g. runs/reward_model)")
+    if c.init == "policy" and c.path:
+        problems.append(f"critic.path ({c.path}) is only read with critic.init: reward_model")
+    if c.lora.r == 0 and c.lora.dropout > 0:
+        problems.append("critic.lora.dropout is set but critic LoRA is off (critic.lora.r = 0)")
+    for key, lora in (("model", recipe.model.lora), ("critic", c.lora)):
+        if lora.r > 0 and lora.dropout > 0:   # ratio != 1 at the first update (§1.5)
+            problems.append(f"{key}.lora.dropout must be 0 for {recipe.algorithm}: dropout makes "
+                            "the policy/critic differ between rollout and update")
