@@ -4,6 +4,10 @@
   alignment train RECIPE [key=value ...]     run it (also: accelerate launch RECIPE); with
                                              launch.num_processes > 1 it starts them
   alignment eval --model M --data FILE       greedy exact-answer accuracy, JSON + table
+  alignment eval --reward-model DIR --data PAIRS [--json F]
+                                             a reward model's pairwise accuracy and margin
+  alignment generate --model M --data F --n 8 --reward-model DIR --output F
+                                             best-of-N: sample N, keep the best-scored one
   alignment score --scorer NAME | --reward-model DIR --input F --output F
                                              add rewards to a jsonl file (streaming)
   alignment model NAME                       resolve a model name to a local folder
@@ -57,16 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value, e.g. model.lora.r=16")
     train.set_defaults(run=_train)
 
-    ev = sub.add_parser("eval", help="greedy exact-answer accuracy on prompt/answer data")
-    ev.add_argument("--model", required=True, help="model name, folder or training output dir")
-    ev.add_argument("--data", required=True, help="file with prompt and answer columns")
+    ev = sub.add_parser("eval", help="greedy exact-answer accuracy on prompt/answer data, "
+                        "or a reward model's pairwise accuracy on preference pairs")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="model name, folder or training output dir")
+    what.add_argument("--reward-model", help="reward-model folder or training output dir "
+                      "(ours or TRL's RewardTrainer): pairwise accuracy on --data pairs")
+    ev.add_argument("--data", required=True, help="prompt/answer rows (--model) or "
+                    "prompt/chosen/rejected pairs (--reward-model)")
+    ev.add_argument("--by", default="task", help="--reward-model: comma-separated category "
+                    "columns to break the accuracy down by, when the data has them")
     ev.add_argument("--n", type=int, default=None, help="evaluate only the first N rows")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     ev.add_argument("--system-prompt", default=None)
-    ev.add_argument("--output", default=None,
-                    help="JSON result path (default: <model dir>/eval.json or eval.json)")
+    ev.add_argument("--output", "--json", dest="output", default=None,
+                    help="JSON result path (--model default: <model dir>/eval.json or "
+                    "eval.json; --reward-model: only when given)")
     ev.set_defaults(run=_eval)
 
     sc = sub.add_parser("score", help="add rewards to a jsonl file of prompt/completion rows")
@@ -82,6 +94,29 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--prompt-column", default="prompt")
     sc.add_argument("--completion-column", default="completion")
     sc.set_defaults(run=_score)
+
+    gen = sub.add_parser("generate", help="best-of-N: sample N completions per prompt, keep "
+                         "the one the reward model (or scorer) scores highest")
+    gen.add_argument("--model", required=True, help="policy: name, folder or output dir")
+    gen.add_argument("--data", required=True, help="file with a prompt column")
+    gen.add_argument("--output", required=True, help="jsonl: each row + completion + reward")
+    gen.add_argument("--n", type=int, default=8, help="samples per prompt (default 8)")
+    judge = gen.add_mutually_exclusive_group(required=True)
+    judge.add_argument("--reward-model", help="reward-model folder or training output dir")
+    judge.add_argument("--scorer", help="a built-in scorer name or package.module:Name")
+    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="scorer option, e.g. --set dtype=bfloat16")
+    gen.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf"])
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    gen.add_argument("--prompts-per-batch", type=int, default=16)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    gen.add_argument("--keep-all", action="store_true", help="also write every candidate")
+    gen.set_defaults(run=_generate)
 
     model = sub.add_parser("model", help="resolve (and if bundled, convert) a model name")
     model.add_argument("name", nargs="?", default="smollm2-135m")
@@ -126,6 +161,11 @@ def _eval(args) -> int:
     if args.n is not None and args.n <= 0:
         print(f"error: --n must be positive, got {args.n}", file=sys.stderr)
         return EXIT_USAGE
+    if args.batch_size <= 0:
+        print(f"error: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reward_model:
+        return _eval_reward_model(args)
     settings = EvalSettings(limit=args.n, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, dtype=args.dtype,
                             system_prompt=args.system_prompt)
@@ -139,32 +179,89 @@ def _eval(args) -> int:
     return 0
 
 
-def _score(args) -> int:
+def _eval_reward_model(args) -> int:
+    from alignment import atomic
+    from alignment.models import resolve_model
+    from alignment.rm_eval import evaluate_reward_model, format_table
+
+    by = tuple(c.strip() for c in args.by.split(",") if c.strip())
+    dtype = "float32" if args.dtype == "auto" else args.dtype
+    try:
+        result = evaluate_reward_model(resolve_model(args.reward_model), args.data, by=by,
+                                       limit=args.n, batch_size=args.batch_size, dtype=dtype,
+                                       progress=sys.stderr.isatty())
+    except ValueError as exc:   # not a reward model, no chat template, nothing scorable
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_table(result))
+    if args.output:
+        atomic.write_json(args.output, result)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _scorer_options(items: list[str]) -> dict:
     import yaml
 
-    from alignment.scoring import report, score_file
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set '{item}' is not KEY=VALUE")
+        loaded = yaml.safe_load(value) if value.strip() else ""
+        # YAML reads '#...' as a comment (None): keep such text as the string it is
+        options[key] = value if loaded is None and value.strip() not in ("null", "~") else loaded
+    return options
+
+
+def _build_scorer(args, **defaults):
+    from alignment.models import resolve_model
     from reward_models import build_scorer
+
+    options = _scorer_options(args.set)
+    if args.reward_model:
+        return build_scorer("reward_model", path=resolve_model(args.reward_model),
+                            **{**defaults, **options})
+    return build_scorer(args.scorer, **options)
+
+
+def _generate(args) -> int:
+    from alignment.best_of_n import best_of_n
+    from alignment.rollout import SamplingParams
+
+    for flag, value in (("--n", args.n), ("--prompts-per-batch", args.prompts_per_batch),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value <= 0:
+            print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.limit is not None and args.limit <= 0:
+        print(f"error: --limit must be positive, got {args.limit}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                                  top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+        scorer = _build_scorer(args)
+        summary = best_of_n(args.model, args.data, args.output, scorer, n=args.n,
+                            backend=args.backend, sampling=sampling,
+                            prompts_per_batch=args.prompts_per_batch, limit=args.limit,
+                            seed=args.seed, dtype=args.dtype, keep_all=args.keep_all,
+                            progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for key, value in summary.items():
+        print(f"{key:<22}{value:.1%}" if key.startswith("accuracy") else f"{key:<22}{value}")
+    return 0
+
+
+def _score(args) -> int:
+    from alignment.scoring import report, score_file
 
     if args.batch_size <= 0:
         print(f"error: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
         return EXIT_USAGE
-    options = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --set '{item}' is not KEY=VALUE", file=sys.stderr)
-            return EXIT_USAGE
-        loaded = yaml.safe_load(value) if value.strip() else ""
-        # YAML reads '#...' as a comment (None): keep such text as the string it is
-        options[key] = value if loaded is None and value.strip() not in ("null", "~") else loaded
     try:
-        if args.reward_model:
-            from alignment.models import resolve_model
-
-            scorer = build_scorer("reward_model", path=resolve_model(args.reward_model),
-                                  batch_size=args.batch_size, **options)
-        else:
-            scorer = build_scorer(args.scorer, **options)
+        scorer = _build_scorer(args, batch_size=args.batch_size)
         stats = score_file(scorer, args.input, args.output, batch_size=args.batch_size,
                            prompt_column=args.prompt_column,
                            completion_column=args.completion_column,

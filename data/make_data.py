@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Deterministic generator for the shipped arithmetic datasets (dataset version 2).
+"""Deterministic generator for the shipped arithmetic datasets (dataset version 3).
 
 Usage (from the repository root)::
 
@@ -20,6 +20,7 @@ Layout written under ``data/arithmetic/``::
     preference_chat/{train,test}.jsonl  same, TRL conversational preference format
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
     add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
+    add2_rm/{train,test}.jsonl          reward-model pairs for add2 (make_rm_pairs.py)
 
 All five formats of one split hold the same problems with the same prompts, in the same order.
 """
@@ -32,7 +33,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 2
+DATASET_VERSION = 3
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split
@@ -541,6 +542,8 @@ def build_files(examples=None):
         for fmt in ("sft_plain", "preference"):
             files["add2_%s/%s.jsonl" % (fmt, split)] = to_jsonl(
                 format_row(fmt, ex) for ex in examples[split] if ex["task"] == "add2")
+    for rel, rows in make_rm_pairs.build(examples).items():
+        files[rel] = to_jsonl(rows)
     return files
 
 
@@ -630,10 +633,15 @@ def verify(examples, files):
         lines.append("%-5s %4d rows  tasks=%s" % (split, len(exs), dict(sorted(tasks.items()))))
         lines.append("      word problems=%d  negative answers=%d  errors=%s" % (word, neg, dict(sorted(errs.items()))))
     lines.append("train/test disjoint: 0 shared problems, 0 shared prompts; all answers, chosen and rejected checked")
+    rm_rows = {rel: [json.loads(line) for line in files[rel].splitlines()]
+               for rel in files if rel.startswith("add2_rm/")}
+    lines += make_rm_pairs.verify(rm_rows, examples)
     return lines
 
 
 # --------------------------------------------------------------------------- main
+
+import make_rm_pairs  # noqa: E402 - it imports the helpers above from this module
 
 
 def main(argv=None):

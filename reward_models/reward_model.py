@@ -1,54 +1,195 @@
 """A trained reward model: a Hugging Face sequence classifier with one output.
 
-The prompt and completion are rendered with the tokenizer's chat template (as the reward
-model saw them in training) and the score is the single logit at the last real token.
-Batches are right-padded; the model is loaded once, in eval mode, without gradients.
+Loads folders written by `recipes/reward_model.yaml` (`runs/<name>/final`) or by TRL's
+`RewardTrainer` alike: both are `AutoModelForSequenceClassification` checkpoints whose score
+is the one logit at the last real token, and both train on the same text:
+
+- chat data: the whole conversation through the tokenizer's chat template
+  (`apply_chat_template(prompt + [assistant])`, as our trainer and TRL do);
+- plain data (`data.chat_template: false`): prompt + completion + EOS.
+
+The scorer renders a (prompt, completion) exactly so. Which of the two a folder was trained
+with is read from its `recipe.yaml` (our trainer writes one); for other folders it is the
+chat template (`chat_template=False` scores plain text; a folder without a template and
+without that option is refused rather than guessed).
+A prompt is the prompt as written in the data: a string (one user turn) or a list of
+{role, content} messages — never a prompt already rendered by the policy's template.
+
+Each sample is tokenised on its own and right-padded with the folder's `pad_token_id`, the
+id the model was trained with: the model scores at its last token that is not that id, so
+padding with it reproduces training exactly (our trainer pads with a token absent from the
+data; TRL pads with the tokenizer's pad, which can be EOS). A folder without one is padded
+with an id no row of the batch contains.
 """
 
 from __future__ import annotations
 
-from reward_models.base import Scorer, ScoreResult, check_batch
+import json
+import os
+from pathlib import Path
+
+from reward_models.base import Scorer, ScorerError, ScoreResult, check_batch
+
+
+class RewardModelError(ValueError):
+    """The folder is not a usable reward model (no score head, no chat template, ...)."""
+
+
+def check_reward_model_folder(path: str) -> dict:
+    """The folder's config.json, after checking it describes a one-output sequence
+    classifier; raises RewardModelError saying what is wrong otherwise."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise RewardModelError(f"{path}: no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RewardModelError(f"{config_file}: unreadable ({exc})") from None
+    archs = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise RewardModelError(
+            f"{path}: not a reward model: its config names {archs or 'no architecture'}, not "
+            "a *ForSequenceClassification model with a score head (train one with "
+            "recipes/reward_model.yaml or TRL's RewardTrainer)")
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or 1)
+    if labels != 1:
+        raise RewardModelError(f"{path}: a reward model has one output, this one has "
+                               f"{labels} labels")
+    return config
+
+
+def trained_with_chat_template(path: str) -> bool | None:
+    """data.chat_template of the recipe that trained the folder (None if unknown)."""
+    recipe = Path(path) / "recipe.yaml"
+    if not recipe.is_file():
+        return None
+    import yaml
+
+    try:
+        data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    value = data.get("chat_template", True)
+    return value if isinstance(value, bool) else None
+
+
+def _default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
 
 
 class RewardModelScorer(Scorer):
     name = "reward_model"
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024,
-                 dtype: str = "float32", chat_template: bool = True):
+                 dtype: str = "float32", chat_template: bool | None = None,
+                 device: str = "auto"):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if batch_size <= 0 or max_length <= 0:
+            raise ValueError(f"reward_model: batch_size and max_length must be positive, got "
+                             f"{batch_size} and {max_length}")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"reward_model: dtype '{dtype}' is not one of float32, "
+                             "bfloat16, float16")
+        if not (Path(path) / "config.json").is_file() and \
+                (Path(path) / "final" / "config.json").is_file():
+            path = Path(path) / "final"          # a training output dir: its exported model
+        if not Path(path).is_dir():
+            raise RewardModelError(f"reward model '{path}': no such folder")
+        check_reward_model_folder(path)
+        self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
+        if chat_template is None:
+            chat_template = trained_with_chat_template(path)
+        if chat_template is None:   # not said, not recorded: chat, the common case
+            chat_template = True
+        if chat_template and not self.tokenizer.chat_template:
+            raise RewardModelError(
+                f"{path}: the tokenizer has no chat template, so chat-formatted text cannot "
+                "be rebuilt; if the model was trained on plain prompt + completion + EOS "
+                "text, pass chat_template=false (CLI: --set chat_template=false)")
+        if not chat_template and self.tokenizer.eos_token is None:
+            raise RewardModelError(f"{path}: plain-text scoring appends EOS, but the "
+                                   "tokenizer has no eos_token")
+        self.chat_template = chat_template
+        self.device = _default_device() if device == "auto" else device
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=getattr(torch, dtype)).eval()
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"{path}: a reward model has one output, this one has "
-                             f"{self.model.config.num_labels} labels")
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+            path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
-        self.chat_template = chat_template and bool(self.tokenizer.chat_template)
 
-    def render(self, prompt: str, completion: str) -> str:
+    # ------------------------------------------------------------------ rendering
+    def render(self, prompt, completion: str) -> str:
+        """The text the reward model was trained on for this (prompt, completion)."""
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            messages = list(prompt)
+        else:
+            raise TypeError(f"a prompt is a string or a list of messages, got "
+                            f"{type(prompt).__name__}")
+        if not isinstance(completion, str):
+            raise TypeError(f"a completion is a string, got {type(completion).__name__}")
         if not self.chat_template:
-            return prompt + completion
+            text = "".join(m["content"] for m in messages)
+            return text + completion + self.tokenizer.eos_token
         return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-            tokenize=False)
+            messages + [{"role": "assistant", "content": completion}], tokenize=False)
 
+    # ------------------------------------------------------------------ scoring
     def score(self, prompts, completions, rows=None) -> ScoreResult:
+        check_batch(self.name, prompts, completions, rows)
+        ids: list[list[int] | None] = []
+        errors: list[str | None] = []
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            try:
+                row_ids = self.tokenizer(self.render(p, c), add_special_tokens=False)["input_ids"]
+                if len(row_ids) > self.max_length:
+                    raise ValueError(f"{len(row_ids)} tokens, over max_length="
+                                     f"{self.max_length} (its score would not read the end)")
+                if not row_ids:
+                    raise ValueError("renders to no tokens")
+                ids.append(row_ids)
+                errors.append(None)
+            except (TypeError, ValueError, KeyError) as exc:
+                message = f"{self.name}: sample {i}: {exc}"
+                if self.on_error == "raise":
+                    raise ScorerError(message) from exc
+                ids.append(None)
+                errors.append(message)
+        rewards = [0.0] * len(ids)
+        good = [i for i, row in enumerate(ids) if row is not None]
+        good.sort(key=lambda i: len(ids[i]))      # similar lengths together: less padding
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start:start + self.batch_size]
+            for i, value in zip(chunk, self.score_ids([ids[i] for i in chunk]), strict=True):
+                rewards[i] = value
+        return ScoreResult(rewards, {self.name: list(rewards)}, errors)
+
+    def score_ids(self, rows: list[list[int]]) -> list[float]:
+        """Scores of already-tokenised rows (one forward pass, right-padded)."""
         import torch
 
-        check_batch(self.name, prompts, completions, rows)
-        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
-        rewards: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt",
-                                     padding=True, truncation=True, max_length=self.max_length,
-                                     add_special_tokens=False)
-                logits = self.model(**enc).logits[:, 0]          # (batch,)
-                rewards.extend(logits.float().tolist())
-        return ScoreResult(rewards, {self.name: list(rewards)}, [None] * len(rewards))
+        pad = self.model.config.pad_token_id
+        if pad is None:     # pool on the last real token: pad with an id no row contains
+            used = {t for row in rows for t in row}
+            pad = next(t for t in range(self.model.config.vocab_size - 1, -1, -1)
+                       if t not in used)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for k, row in enumerate(rows):
+            input_ids[k, :len(row)] = torch.tensor(row)
+            attention[k, :len(row)] = 1
+        saved, self.model.config.pad_token_id = self.model.config.pad_token_id, pad
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=attention.to(self.device)).logits
+        finally:
+            self.model.config.pad_token_id = saved
+        return logits[:, 0].float().tolist()

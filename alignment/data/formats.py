@@ -36,6 +36,15 @@ class Example:
     plain: bool = False   # the prompt was a plain string (no chat structure in the file)
 
 
+def scorer_prompt(ex: Example) -> str | Messages:
+    """The prompt as scorers see it: as written in the data — its text for a plain prompt or
+    a single user turn, else the messages — never the chat-template rendering (a reward
+    model renders it its own way)."""
+    if ex.plain or (len(ex.prompt) == 1 and ex.prompt[0]["role"] == "user"):
+        return ex.prompt[0]["content"]
+    return [dict(m) for m in ex.prompt]
+
+
 def check_columns(rows: list[Row], required: tuple[str, ...], source: str) -> None:
     present = set().union(*(r.values.keys() for r in rows[:1000]))
     missing = [c for c in required if c not in present]

@@ -17,8 +17,9 @@ skipped and counted (their DPO gradient is exactly zero).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from alignment.data.formats import Example, Messages
+from alignment.data.formats import Example, Messages, scorer_prompt
 from alignment.data.io import DataError
 
 
@@ -28,6 +29,7 @@ class TokenizedExample:
     completion_ids: dict[str, list[int]]
     extra: dict = field(default_factory=dict)
     where: str = ""
+    raw_prompt: Any = None          # the prompt as scorers see it (formats.scorer_prompt)
 
 
 @dataclass
@@ -108,5 +110,6 @@ def tokenize_examples(tokenizer, examples: list[Example], *, max_length: int,
         if "chosen" in completions and completions["chosen"] == completions.get("rejected"):
             report.identical.append(ex.where)
             continue
-        out.append(TokenizedExample(prompt_ids, completions, ex.extra, ex.where))
+        out.append(TokenizedExample(prompt_ids, completions, ex.extra, ex.where,
+                                    scorer_prompt(ex)))
     return out, report

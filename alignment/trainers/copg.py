@@ -71,7 +71,7 @@ class CoPGTrainer(CoPGLoss, PreferenceTrainer):
 
         scorer = build_composite(self.recipe.rewards)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        prompts = [decode(p.prompt_ids) for p in pairs for _ in range(2)]
+        prompts = [p.raw_prompt for p in pairs for _ in range(2)]   # as in the data
         texts = [decode(ids) for p in pairs for ids in (p.chosen_ids, p.rejected_ids)]
         rows = [p.row for p in pairs for _ in range(2)]
         result = scorer.score(prompts, texts, rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from alignment.data import DataError, load_examples, render_prompt
+from alignment.data import DataError, load_examples, render_prompt, scorer_prompt
 from alignment.rollout import SamplingParams, make_engine, vllm_available
 from alignment.trainers.online_parts import PromptExample
 from reward_models import is_correct
@@ -33,7 +33,8 @@ class EngineSetup:
                     too_long.append(ex.where)
                     continue
                 ids = ids[-d.max_prompt_length:]
-            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out)))
+            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out),
+                                     raw=scorer_prompt(ex)))
         if too_long:
             self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
                       f"={d.max_prompt_length} (first: {too_long[0]})")

@@ -317,8 +317,10 @@ class OnlineTrainer(EngineSetup, Trainer):
         """Scores from the recipe's rewards (errors counted, scored 0), plus DAPO's soft
         overlong penalty when `overlong_cache` is set; and which samples were truncated."""
         rows = [prompts[i].row for i in rollouts.prompt_index]
-        texts = [prompts[i].text for i in rollouts.prompt_index]
-        result = self.scorer.score(texts, rollouts.texts, rows)
+        # the prompt as written in the data, as `alignment score` passes it (a reward model
+        # renders it with its own template; the policy's rendering would be templated twice)
+        raw = [prompts[i].raw for i in rollouts.prompt_index]
+        result = self.scorer.score(raw, rollouts.texts, rows)
         for i, error in enumerate(result.errors):
             if error is not None:
                 info.errors += 1

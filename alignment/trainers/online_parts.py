@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from alignment.rollout import Rollouts
 
@@ -19,6 +20,7 @@ class PromptExample:
     where: str = ""
     index: int = 0                              # position in its data set (sample seeds)
     reset_ids: list[int] | None = None          # DR-PO: the reference response, tokenised
+    raw: Any = None                             # the prompt as scorers see it (as in the data)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import abc
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,6 +37,7 @@ class Pair:
     where: str
     row: dict = field(default_factory=dict)          # the row's other columns
     rewards: tuple[float, float] | None = None       # CoPG: a scalar reward per completion
+    raw_prompt: Any = None                           # the prompt as scorers see it
 
 
 class PairData:
@@ -54,7 +56,8 @@ class PairData:
             raise DataError(f"{path}: no usable preference pairs left "
                             f"({report.summary() or 'empty'})")
         return [Pair(i, t.prompt_ids, t.completion_ids["chosen"], t.completion_ids["rejected"],
-                     t.where, dict(t.extra)) for i, t in enumerate(tokenized)]
+                     t.where, dict(t.extra), raw_prompt=t.raw_prompt)
+                for i, t in enumerate(tokenized)]
 
     def example_length(self, pair: Pair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))

@@ -1,0 +1,149 @@
+"""Reward-model pairs for 2-digit addition: `data/arithmetic/add2_rm/{train,test}.jsonl`.
+
+Written by `make_data.py` (dataset version 3); standard library only, deterministic.
+
+A reward model that ranks these pairs has to do the addition: chosen and rejected are the
+same text apart from the result. To make it learn that and not the wording:
+
+- **train** draws ~3000 add2 problems from the whole 10..99 range (never a test problem,
+  commutative pairs counted as one), worded with the 12 shipped templates plus train-only
+  ones, and makes the wrong result five ways: the shipped kinds (`off_by_one`, `carry`,
+  `digit_swap`), `tens` (±10) and `final_only` (the equation is right, only the `#### N`
+  line is wrong). One pair in five has bare completions, the number alone (`82` vs `83`),
+  as a policy prompted to "give only the final number" writes them (GRPO with this
+  reward model).
+- **test** holds the 100 add2 test problems of every other folder twice: `phrasing: seen`
+  (exactly the rows of `add2_preference/test.jsonl`) and `phrasing: unseen` (templates
+  that occur in no train file), plus `phrasing: bare` (the number alone, same errors).
+"""
+
+from make_data import (
+    TEMPLATES,
+    Template,
+    _rng,
+    answer_of,
+    digit_swaps,
+    make_problem,
+    problem_key,
+    render,
+    step_errors,
+)
+
+N_RM_TRAIN = 3000
+P_BARE = 0.2     # share of train pairs whose completions are the number alone
+RM_KINDS = ("off_by_one", "carry", "digit_swap", "tens", "final_only")
+
+# extra wordings used only in train, and wordings used only in test (phrasing "unseen")
+TRAIN_ONLY = [
+    Template("number", "{a} plus {b} equals what?", "{a} plus {b} equals {r}.", True),
+    Template("number", "Sum {a} and {b}.", "The sum is {r}.", True),
+    Template("number", "What do you get when you add {b} to {a}?", "{a} + {b} = {r}", True),
+    Template("word", "{name} walked {a} steps, rested, then walked {b} steps. How many steps in all?",
+             "{name} walked {a} + {b} = {r} steps.", False),
+    Template("word", "A jar holds {a} {obj}. {name} puts in {b} more. How many {obj} are in the jar?",
+             "The jar holds {a} + {b} = {r} {obj}.", False),
+    Template("number", "Evaluate: {a} + {b}", "{r}", True),
+]
+TEST_ONLY = [
+    Template("number", "How much is {a} added to {b}?", "{a} added to {b} makes {r}.", True),
+    Template("number", "Find the total of {a} and {b}.", "Total: {a} + {b} = {r}", True),
+    Template("word", "{name} scored {a} points in the first game and {b} points in the second. "
+             "What is {name}'s total score?", "{name}'s total score is {a} + {b} = {r} points.", False),
+    Template("number", "Work out {a}+{b}.", "{a}+{b}={r}", True),
+]
+
+
+def _text(tpl, fill, result, final):
+    return "%s\n#### %d" % (tpl.worked.format(**dict(fill, x=result, r=result)), final)
+
+
+def _wrong(p, kind, rng):
+    """A wrong result of `kind` for problem p (None if the kind does not apply)."""
+    a, b = p["operands"]
+    v = a + b
+    if kind == "tens":
+        cands = [w for w in (v - 10, v + 10) if w > 0]
+    elif kind in ("off_by_one", "final_only"):
+        cands = [v - 1, v + 1] if kind == "off_by_one" else [v - 1, v + 1, v - 10, v + 10]
+    elif kind == "digit_swap":
+        cands = digit_swaps(v)
+    else:  # carry: only when a column carries
+        cands = step_errors("+", a, b).get("carry", [])
+    cands = [w for w in cands if w != v]
+    return rng.choice(cands) if cands else None
+
+
+def _pair(p, tpl, fill, kind, rng, bare=False):
+    v = answer_of(p)
+    w = _wrong(p, kind, rng)
+    if w is None:
+        return None
+    if bare:
+        return {"prompt": tpl.prompt.format(**fill), "chosen": str(v), "rejected": str(w),
+                "answer": v, "task": "add2", "error": kind}
+    rejected = _text(tpl, fill, v, w) if kind == "final_only" else _text(tpl, fill, w, w)
+    return {"prompt": tpl.prompt.format(**fill), "chosen": _text(tpl, fill, v, v),
+            "rejected": rejected, "answer": v, "task": "add2", "error": kind}
+
+
+def build(examples):
+    """{relative path: rows} for add2_rm/; `examples` is make_data.build_examples()."""
+    test_probs = [ex for ex in examples["test"] if ex["task"] == "add2"]
+    train_probs = [ex["problem"] for ex in examples["train"] if ex["task"] == "add2"]
+    banned = {problem_key(ex["problem"]) for ex in test_probs}
+    seen = {problem_key(p) for p in train_probs}
+    rng = _rng("rm", "problems")
+    while len(train_probs) < N_RM_TRAIN:
+        p = make_problem("add2", rng)
+        k = problem_key(p)
+        if k not in banned and k not in seen:
+            seen.add(k)
+            train_probs.append(p)
+    text_rng, kind_rng, bare_rng = _rng("rm", "text"), _rng("rm", "kinds"), _rng("rm", "bare")
+    pool = TEMPLATES["add"] + TRAIN_ONLY
+    train = []
+    for p in train_probs:
+        _, fill = render(p, text_rng)          # names and objects
+        tpl = text_rng.choice(pool)
+        bare = bare_rng.random() < P_BARE
+        kinds = [k for k in RM_KINDS if not (bare and k == "final_only")]
+        for _ in range(10):                     # a kind that applies to this problem
+            row = _pair(p, tpl, fill, kind_rng.choice(kinds), kind_rng, bare)
+            if row is not None:
+                train.append(row)
+                break
+    test = []
+    unseen_rng = _rng("rm", "unseen")
+    for ex in test_probs:
+        test.append({"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"],
+                     "answer": ex["answer"], "task": "add2", "error": ex["error"],
+                     "phrasing": "seen"})
+        _, fill = render(ex["problem"], unseen_rng)
+        tpl = unseen_rng.choice(TEST_ONLY)
+        row = _pair(ex["problem"], tpl, fill, ex["error"], unseen_rng)
+        test.append(dict(row, phrasing="unseen"))
+        bare = _pair(ex["problem"], tpl, fill, ex["error"], unseen_rng, bare=True)
+        test.append(dict(bare, prompt=ex["prompt"], phrasing="bare"))
+    return {"add2_rm/train.jsonl": train, "add2_rm/test.jsonl": test}
+
+
+def verify(rows_by_path, examples):
+    """Assert: no test problem in train, unseen test wordings absent from train, every
+    chosen ends in the answer and every rejected differs from its chosen only in numbers."""
+    import re
+
+    train, test = rows_by_path["add2_rm/train.jsonl"], rows_by_path["add2_rm/test.jsonl"]
+    test_prompts = {r["prompt"] for r in test}
+    assert not test_prompts & {r["prompt"] for r in train}, "add2_rm: a test prompt is in train"
+    train_shapes = {re.sub(r"\d+", "N", r["chosen"]) for r in train}
+    for r in test:
+        if r.get("phrasing") == "unseen":
+            assert re.sub(r"\d+", "N", r["chosen"]) not in train_shapes, r
+    for r in train:
+        assert "phrasing" not in r
+    for r in train + test:
+        assert r["chosen"] != r["rejected"], r
+        assert r["chosen"].endswith("#### %d" % r["answer"]) or r["chosen"] == str(r["answer"]), r
+        assert re.sub(r"\d+", "N", r["chosen"]) == re.sub(r"\d+", "N", r["rejected"]), r
+    return ["add2_rm train %d pairs, test %d (seen/unseen/bare phrasing); no test problem or "
+            "unseen wording in train" % (len(train), len(test))]
