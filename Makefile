@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rollout bench-scaling bench-actor-critic clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic clean
 
 setup:
 	bash scripts/setup.sh
@@ -34,6 +34,12 @@ bench-grpo: setup
 # Online DPO vs TRL's OnlineDPOTrainer, online CoPG vs TRL's RLOOTrainer (k = 2), one run.
 bench-pairs: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/pairs_vs_trl.py --json bench/pairs_vs_trl.json
+
+# Reward-model training vs TRL's RewardTrainer: same pairs, steps, init; accuracy, tokens/s.
+# RM_INIT: the causal LM both start from (the recipe's stage one: runs/grpo).
+RM_INIT ?= runs/grpo
+bench-rm: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/reward_model_vs_trl.py --model $(RM_INIT) --output bench/reward_model_vs_trl.json
 
 # PPO / APA / DR-PO vs GRPO: s/step at 64 samples per step, time split, peak RSS.
 bench-actor-critic: setup

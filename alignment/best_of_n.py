@@ -24,7 +24,8 @@ from reward_models import is_correct
 def best_of_n(model: str, data: str, output: str, scorer, *, n: int = 8,
               backend: str = "auto", sampling: SamplingParams | None = None,
               prompts_per_batch: int = 16, limit: int | None = None, seed: int = 0,
-              dtype: str = "auto", keep_all: bool = False, progress: bool = False) -> dict:
+              dtype: str = "auto", keep_all: bool = False, system_prompt: str | None = None,
+              progress: bool = False) -> dict:
     from transformers import AutoModelForCausalLM
 
     if n < 1 or prompts_per_batch < 1:
@@ -34,7 +35,8 @@ def best_of_n(model: str, data: str, output: str, scorer, *, n: int = 8,
     path = resolve_model(model)
     tokenizer = load_tokenizer(path)
     examples = load_examples(data, "prompt", limit=limit)
-    prompt_ids = [tokenizer(render_prompt(tokenizer, ex.prompt, plain=ex.plain),
+    prompt_ids = [tokenizer(render_prompt(tokenizer, ex.prompt, plain=ex.plain,
+                                          system_prompt=system_prompt),
                             add_special_tokens=False)["input_ids"] for ex in examples]
     torch_dtype = resolve_dtype(dtype)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()

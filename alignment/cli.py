@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     gen.add_argument("--keep-all", action="store_true", help="also write every candidate")
+    gen.add_argument("--system-prompt", default=None, help="the policy's system prompt "
+                     "(the reward model renders the prompt its own way)")
     gen.set_defaults(run=_generate)
 
     model = sub.add_parser("model", help="resolve (and if bundled, convert) a model name")
@@ -245,7 +247,7 @@ def _generate(args) -> int:
                             backend=args.backend, sampling=sampling,
                             prompts_per_batch=args.prompts_per_batch, limit=args.limit,
                             seed=args.seed, dtype=args.dtype, keep_all=args.keep_all,
-                            progress=sys.stderr.isatty())
+                            system_prompt=args.system_prompt, progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,12 +2,15 @@
 
     python bench/reward_model_vs_trl.py                      # 100 steps x 16 pairs
     python bench/reward_model_vs_trl.py --steps 8 --trl-configs bf16,autocast,bf16+gc
+    python bench/reward_model_vs_trl.py --model runs/grpo     # stage two of the RM recipe
 
-Both sides get: the bundled SmolLM2-135M-Instruct with a fresh one-output score head
+Both sides get: the same causal LM (--model: the bundled SmolLM2-135M-Instruct, or e.g.
+the GRPO policy that recipes/reward_model.yaml starts from) with a fresh one-output score head
 (`AutoModelForSequenceClassification`, head initialised from the same seed), the first
 steps x batch pairs of data/arithmetic/add2_rm/train.jsonl in TRL's conversational form
 (the same chat template: identical token sequences, tests/test_reward_model_use.py), the
-Bradley-Terry loss without centring, AdamW (β 0.9/0.999, weight decay 0), --lr with 10
+Bradley-Terry loss without centring, full fine-tuning or (--lora R) LoRA of rank R with
+alpha 2R on every linear layer and the score head trained in full, AdamW (β 0.9/0.999, weight decay 0), --lr with 10
 warm-up steps then cosine decay, grad-norm clip 1.0, one pass over the same pairs (each
 side shuffles them with its own seeded sampler), no eval or checkpoint during training, the same
 thread count. Each configuration trains in its own fresh process (peak RSS = VmHWM is its
@@ -55,11 +58,11 @@ def pairs_file(n: int, folder: Path) -> Path:
     return path
 
 
-def pair_tokens(path: Path) -> list[int]:
+def pair_tokens(path: Path, model: str) -> list[int]:
     from alignment.data import load_examples, tokenize_examples
     from alignment.models import load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m"))
+    tokenizer = load_tokenizer(resolve_model(model))
     tokenized, _ = tokenize_examples(tokenizer, load_examples(str(path), "preference"),
                                      max_length=10_000, max_prompt_length=5_000)
     return [2 * len(t.prompt_ids) + len(t.completion_ids["chosen"])
@@ -73,7 +76,8 @@ def run_ours(args, out: Path, data: Path) -> dict:
 
     recipe = recipe_from_dict({
         "algorithm": "reward_model", "output_dir": str(out),
-        "model": {"name": "smollm2-135m", "dtype": "bfloat16"},
+        "model": {"name": args.model, "dtype": "bfloat16",
+                  "lora": {"r": args.lora, "alpha": 2 * args.lora}},
         "data": {"train": str(data), "max_length": 192, "max_prompt_length": 128},
         "trainer": {"batch_size": args.batch, "lr": args.lr, "epochs": 1,
                     "warmup_steps": 10, "scheduler": "cosine", "eval_every": None,
@@ -95,7 +99,7 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
 
     from alignment.models import load_tokenizer, resolve_model
 
-    path = resolve_model("smollm2-135m")
+    path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
     bf16_weights = config.startswith("bf16")
     torch.manual_seed(args.seed)
@@ -123,11 +127,20 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
         report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10,
         dataloader_num_workers=0, seed=args.seed, max_length=192,
         center_rewards_coefficient=None)
+    peft = None
+    if args.lora:
+        from peft import LoraConfig
+
+        from alignment.config.schema import ALL_LINEAR
+
+        peft = LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
+                          target_modules=list(ALL_LINEAR), task_type="SEQ_CLS",
+                          modules_to_save=["score"])
     trainer = RewardTrainer(model=model, args=cfg, processing_class=tokenizer,
-                            train_dataset=dataset, callbacks=[StepTimer()])
+                            train_dataset=dataset, callbacks=[StepTimer()], peft_config=peft)
     trainer.train()
-    trainer.model.float()
-    trainer.save_model(str(out / "final"))
+    final = trainer.model.merge_and_unload() if args.lora else trainer.model
+    final.float().save_pretrained(str(out / "final"))
     tokenizer.save_pretrained(str(out / "final"))
     return {"step_seconds": times, "model": str(out / "final")}
 
@@ -154,14 +167,15 @@ def launch(args, side: str, config: str, steps: int, work: Path) -> dict:
     data = pairs_file(steps * args.batch, folder)
     cmd = [sys.executable, __file__, "--child", side, "--config", config, "--out",
            str(folder / "run"), "--data", str(data), "--batch", str(args.batch),
-           "--lr", str(args.lr), "--seed", str(args.seed)]
+           "--lr", str(args.lr), "--seed", str(args.seed), "--model", args.model,
+           "--lora", str(args.lora)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"{side} {config} failed (rc {proc.returncode}):\n{proc.stderr[-5000:]}")
     result = json.loads(lines[-1][len("RESULT "):])
-    tokens = pair_tokens(data)
+    tokens = pair_tokens(data, args.model)
     per_step = [sum(tokens[i * args.batch:(i + 1) * args.batch])
                 for i in range(len(result["step_seconds"]))]
     result.update({"side": side, "config": config, "steps": len(result["step_seconds"]),
@@ -184,10 +198,13 @@ def accuracy(model: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="the causal LM both start from")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--speed-steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=16, help="pairs per step")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lora", type=int, default=0, help="LoRA rank on both sides (alpha = 2r, "
+                   "every linear layer, the score head trained in full); 0 = full fine-tuning")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--trl-configs", default="bf16,autocast")
     p.add_argument("--output", default=str(ROOT / "bench/reward_model_vs_trl.json"))
@@ -205,7 +222,8 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rm_bench_"))
     configs = [c.strip() for c in args.trl_configs.split(",") if c.strip()]
-    print(f"reward model, {args.batch} pairs/step, lr {args.lr}, {os.cpu_count()} CPUs")
+    print(f"reward model from {args.model}, {args.batch} pairs/step, lr {args.lr}, "
+          f"{os.cpu_count()} CPUs")
     speed = []
     if len(configs) > 1:
         print(f"TRL configurations, {args.speed_steps} steps each:")
@@ -218,8 +236,9 @@ def main() -> None:
     trl = launch(args, "trl", fastest, args.steps, work)
     for r in (ours, trl):
         r.update(accuracy(r["model"]))
-    result = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "cpus": os.cpu_count(),
-              "trl_speed_runs": speed, "ours": ours, "trl": trl,
+    result = {"model": args.model, "lora": args.lora, "steps": args.steps, "batch": args.batch,
+              "lr": args.lr,
+              "cpus": os.cpu_count(), "trl_speed_runs": speed, "ours": ours, "trl": trl,
               "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"]}
     write_json(Path(args.output), result)
     print(f"{'':<22}{'ours':>10}{'TRL ' + fastest:>16}")

@@ -109,7 +109,10 @@ def check_specs(specs: Any, where: str = "rewards") -> list[str]:
             problems.append(f"{at}: {exc}")
             continue
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
-        problems.extend(f"{at}: {p}" for p in _check_options(name, target, options))
+        found = _check_options(name, target, options)
+        if not found and hasattr(target, "check_options"):   # the scorer's own checks
+            found = target.check_options(options)
+        problems.extend(f"{at}: {p}" for p in found)
     return problems
 
 

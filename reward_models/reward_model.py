@@ -58,6 +58,16 @@ def check_reward_model_folder(path: str) -> dict:
     return config
 
 
+def locate_reward_model(path) -> Path:
+    """The model folder of `path`: itself, or `path/final` for a training output dir."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+        return path / "final"
+    if not path.is_dir():
+        raise RewardModelError(f"reward model '{path}': no such folder")
+    return path
+
+
 def trained_with_chat_template(path: str) -> bool | None:
     """data.chat_template of the recipe that trained the folder (None if unknown)."""
     recipe = Path(path) / "recipe.yaml"
@@ -96,11 +106,7 @@ class RewardModelScorer(Scorer):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"reward_model: dtype '{dtype}' is not one of float32, "
                              "bfloat16, float16")
-        if not (Path(path) / "config.json").is_file() and \
-                (Path(path) / "final" / "config.json").is_file():
-            path = Path(path) / "final"          # a training output dir: its exported model
-        if not Path(path).is_dir():
-            raise RewardModelError(f"reward model '{path}': no such folder")
+        path = locate_reward_model(path)
         check_reward_model_folder(path)
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -121,6 +127,18 @@ class RewardModelScorer(Scorer):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
+
+    @classmethod
+    def check_options(cls, options: dict) -> list[str]:
+        """Recipe-time check (`alignment check`, no model loaded): the folder is there and
+        holds a one-output sequence classifier."""
+        if not isinstance(options.get("path"), str):
+            return []           # a missing or non-string path is reported by the caller
+        try:
+            check_reward_model_folder(locate_reward_model(options["path"]))
+        except RewardModelError as exc:
+            return [str(exc)]
+        return []
 
     # ------------------------------------------------------------------ rendering
     def render(self, prompt, completion: str) -> str:

@@ -65,3 +65,104 @@ def test_reward_model_trainer_learns_and_exports(tmp_path, tiny_model_dir):
     chosen = scorer.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]).rewards
     rejected = scorer.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs]).rewards
     assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) >= 12
+
+
+def test_token_verifier_loss_numbers():
+    from alignment.losses import token_verifier_loss
+
+    scores = torch.tensor([[2.0, 0.0, 5.0], [-1.0, 3.0, 9.0]])
+    labels = torch.tensor([1.0, 0.0])
+    mask = torch.tensor([[1, 1, 0], [0, 1, 0]])
+    loss, metrics = token_verifier_loss(scores, labels, mask)
+    # -log σ(2) = 0.126928, -log σ(0) = 0.693147, -log(1 - σ(3)) = 3.048587; masked out: 5, -1, 9
+    assert loss.item() == pytest.approx((0.126928 + 0.693147 + 3.048587) / 3, abs=1e-6)
+    assert metrics["token_accuracy"].item() == pytest.approx(1 / 3)
+    empty, _ = token_verifier_loss(scores, labels, torch.zeros(2, 3))
+    assert empty.item() == 0.0
+    with pytest.raises(ValueError):
+        token_verifier_loss(scores, labels[:1], mask)
+
+
+def _rm_trainer(tmp_path, tiny_model_dir, **reward_model):
+    rows = (ROOT / "data/arithmetic/add2_rm/train.jsonl").read_text().splitlines()[:8]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    recipe = recipe_from_dict({
+        "algorithm": "reward_model", "output_dir": str(tmp_path / "rm"),
+        "model": {"name": tiny_model_dir, "dtype": "float32"},
+        "data": {"train": str(data), "eval": str(data)},
+        "trainer": {"batch_size": 4, "max_steps": 1, "save_every": None},
+        "reward_model": reward_model,
+        "logging": {"tensorboard": False, "progress_bar": False}})
+    trainer = RewardModelTrainer(recipe)
+    return trainer, trainer.load_examples(str(data), None, "train")
+
+
+def _separate_rewards(trainer, pairs) -> torch.Tensor:
+    """The rewards of prompt+chosen and prompt+rejected as two plain right-padded
+    sequences through the HF classifier's own pooling: what a scorer computes."""
+    rows = [p.prompt_ids + p.chosen_ids for p in pairs] + \
+        [p.prompt_ids + p.rejected_ids for p in pairs]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), trainer.pool_pad_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    with torch.no_grad():
+        return trainer.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+
+def test_a_pair_in_one_row_scores_like_two_sequences(tmp_path, tiny_model_dir):
+    trainer, pairs = _rm_trainer(tmp_path, tiny_model_dir)
+    batch = trainer.collate(pairs)
+    n = len(pairs)
+    full = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    assert batch["n_tokens"] == full and batch["input_ids"].numel() < 0.8 * full
+    with torch.no_grad():
+        loss, metrics = trainer.compute_loss(batch)
+    separate = _separate_rewards(trainer, pairs)
+    expected, expected_metrics = bradley_terry_loss(separate[:n], separate[n:])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert metrics["rewards/margin"].item() == pytest.approx(
+        expected_metrics["rewards/margin"].item(), abs=1e-5)
+
+
+def test_token_level_term_reads_every_token_from_the_first_difference(tmp_path,
+                                                                     tiny_model_dir):
+    trainer, pairs = _rm_trainer(tmp_path, tiny_model_dir, token_weight=0.5)
+    pairs = pairs[:4]
+    batch = trainer.collate(pairs)
+    width_p = batch["widths"][0]
+    for k, p in enumerate(pairs):
+        first = next(i for i, (a, b) in enumerate(zip(p.chosen_ids, p.rejected_ids,
+                                                      strict=False)) if a != b)
+        # the row holds the prompt and the common start once, then the two endings
+        shared = p.prompt_ids + p.chosen_ids[:first]
+        row = batch["input_ids"][k].tolist()
+        assert row[width_p - len(shared):width_p] == shared
+        assert batch["chosen_mask"][k].sum() == len(p.chosen_ids) - first
+        assert batch["rejected_mask"][k].sum() == len(p.rejected_ids) - first
+    loss, metrics = trainer.compute_loss(batch)
+    with torch.no_grad():
+        separate = _separate_rewards(trainer, pairs)
+        # the token term from two separate sequences: the head at every token from the
+        # first difference on, chosen labelled 1, rejected 0
+        terms = []
+        for p in pairs:
+            first = next(i for i, (a, b) in enumerate(zip(p.chosen_ids, p.rejected_ids,
+                                                          strict=False)) if a != b)
+            for ids, label in ((p.chosen_ids, 1.0), (p.rejected_ids, 0.0)):
+                seq = torch.tensor([p.prompt_ids + ids])
+                hidden = trainer.model(input_ids=seq, output_hidden_states=True
+                                       ).hidden_states[-1][0]
+                scores = trainer._score_head()(hidden[len(p.prompt_ids) + first:])[:, 0]
+                terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
+                    scores, torch.full_like(scores, label), reduction="none"))
+        token_loss = torch.cat(terms).mean()
+    assert metrics["token_loss"].item() == pytest.approx(token_loss.item(), abs=1e-5)
+    bt, _ = bradley_terry_loss(separate[:4], separate[4:])
+    assert loss.item() == pytest.approx(bt.item() + 0.5 * token_loss.item(), abs=1e-5)
+    # the token term: every ending token labelled by its side, and its gradient reaches
+    # the head
+    loss.backward()
+    assert trainer._score_head().weight.grad.abs().sum() > 0

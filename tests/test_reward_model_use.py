@@ -247,3 +247,17 @@ def test_online_scorers_get_the_prompt_as_written(tiny_model_dir, tmp_path):
     first = json.loads(data.read_text().splitlines()[0])
     assert prompts[0].raw == first["prompt"]
     assert "Be brief." in prompts[0].text and prompts[0].text != prompts[0].raw
+
+
+def test_recipe_checks_the_reward_model_folder(trained_rm, tiny_model_dir, capsys):
+    """`rewards: [{name: reward_model, path: ...}]` (e.g. GRPO with the reward model as its
+    only reward) is checked when the recipe loads, before any model is."""
+    out = trained_rm[0]
+    recipe = str(ROOT / "recipes/grpo.yaml")
+    assert main(["check", recipe, f"rewards=[{{name: reward_model, path: {out}}}]"]) == 0
+    capsys.readouterr()
+    assert main(["check", recipe, "rewards=[{name: reward_model, path: /no/such/rm}]"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["check", recipe,
+                 f"rewards=[{{name: reward_model, path: {tiny_model_dir}}}]"]) == 2
+    assert "not a reward model" in capsys.readouterr().err

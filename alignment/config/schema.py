@@ -184,6 +184,10 @@ class RewardModelConfig:
 
     center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
                                  "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
+    token_weight: float = param(0.0, "weight of the token-level verifier term: the head, at "
+                                "every completion token from where chosen and rejected first "
+                                "differ, predicts which one it reads (Cobbe et al. 2021)",
+                                ge=0.0)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from .ipo import ipo_loss
 from .kl import k1_kl, k3_kl
 from .logps import sequence_logps, token_logps
 from .ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
-from .reward import bradley_terry_loss
+from .reward import bradley_terry_loss, token_verifier_loss
 from .spin import spin_loss
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "apa_loss",
     "awr_loss",
     "bradley_terry_loss",
+    "token_verifier_loss",
     "copg_loss",
     "dpo_loss",
     "gae",

@@ -11,7 +11,8 @@ from alignment import atomic
 
 # shown in the progress bar, in this order, when present
 BAR_KEYS = ("loss", "rewards/margin", "rewards/accuracy", "reward", "accuracy",
-            "completion_length", "step_seconds", "eval/loss", "eval/accuracy")
+            "completion_length", "step_seconds", "eval/loss", "eval/accuracy",
+            "eval/rewards/accuracy")
 
 
 class MetricsLogger:
@@ -81,7 +82,8 @@ class MetricsLogger:
 
 def _short(key: str) -> str:
     return {"eval/loss": "eval", "eval/accuracy": "eval_acc", "completion_length": "len",
-            "step_seconds": "s/step", "rewards/accuracy": "pair_acc"}.get(key, key.split("/")[-1])
+            "step_seconds": "s/step", "rewards/accuracy": "pair_acc",
+            "eval/rewards/accuracy": "eval_pair_acc"}.get(key, key.split("/")[-1])
 
 
 def plot_curves(history: list[dict], path: Path, max_panels: int = 6) -> None:
