@@ -183,11 +183,12 @@ def _eval(args) -> int:
 
 def _eval_reward_model(args) -> int:
     from alignment import atomic
-    from alignment.models import resolve_model
+    from alignment.models import resolve_dtype, resolve_model
     from alignment.rm_eval import evaluate_reward_model, format_table
 
     by = tuple(c.strip() for c in args.by.split(",") if c.strip())
-    dtype = "float32" if args.dtype == "auto" else args.dtype
+    # auto: bf16 where native, the dtype the trainer evaluates in (its eval/rewards/accuracy)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
     try:
         result = evaluate_reward_model(resolve_model(args.reward_model), args.data, by=by,
                                        limit=args.n, batch_size=args.batch_size, dtype=dtype,

@@ -10,12 +10,12 @@ the GRPO policy that recipes/reward_model.yaml starts from) with a fresh one-out
 steps x batch pairs of data/arithmetic/add2_rm/train.jsonl in TRL's conversational form
 (the same chat template: identical token sequences, tests/test_reward_model_use.py), the
 Bradley-Terry loss without centring, full fine-tuning or (--lora R) LoRA of rank R with
-alpha 2R on every linear layer and the score head trained in full, AdamW (β 0.9/0.999, weight decay 0), --lr with 10
-warm-up steps then cosine decay, grad-norm clip 1.0, one pass over the same pairs (each
-side shuffles them with its own seeded sampler), no eval or checkpoint during training, the same
-thread count. Each configuration trains in its own fresh process (peak RSS = VmHWM is its
-own); the parent then scores every saved model with the same code
-(`alignment eval --reward-model`) on data/arithmetic/add2_rm/test.jsonl (300 held-out
+alpha 2R on every linear layer and the score head trained in full, AdamW (β 0.9/0.999,
+weight decay 0), --lr with 10 warm-up steps then cosine decay, grad-norm clip 1.0, one
+pass over the same pairs (each side shuffles them with its own seeded sampler), no eval or
+checkpoint during training, the same thread count. Each configuration trains in its own
+fresh process (peak RSS = VmHWM is its own); the parent then scores every saved model with
+the same code (`alignment eval --reward-model`) on data/arithmetic/add2_rm/test.jsonl (300 held-out
 pairs: seen, unseen and bare phrasings).
 
 Ours runs at `model.dtype: bfloat16` (bf16 weights and compute, fp32 master weights in the
@@ -77,7 +77,7 @@ def run_ours(args, out: Path, data: Path) -> dict:
     recipe = recipe_from_dict({
         "algorithm": "reward_model", "output_dir": str(out),
         "model": {"name": args.model, "dtype": "bfloat16",
-                  "lora": {"r": args.lora, "alpha": 2 * args.lora}},
+                  "lora": {"r": args.lora, "alpha": max(1, 2 * args.lora)}},
         "data": {"train": str(data), "max_length": 192, "max_prompt_length": 128},
         "trainer": {"batch_size": args.batch, "lr": args.lr, "epochs": 1,
                     "warmup_steps": 10, "scheduler": "cosine", "eval_every": None,

@@ -9,10 +9,11 @@ same text apart from the result. To make it learn that and not the wording:
   commutative pairs counted as one), worded with the 12 shipped templates plus train-only
   ones, and makes the wrong result five ways: the shipped kinds (`off_by_one`, `carry`,
   `digit_swap`), `tens` (±10) and `final_only` (the equation is right, only the `#### N`
-  line is wrong). One pair in five has bare completions, the number alone (`82` vs `83`),
+  line is wrong), off by one and carry (the hard kinds, and most test pairs) drawn 3x and 2x
+  as often as the others (carry only where a column carries). One pair in five has bare completions, the number alone (`82` vs `83`),
   as a policy prompted to "give only the final number" writes them (GRPO with this
   reward model).
-- **test** holds the 100 add2 test problems of every other folder twice: `phrasing: seen`
+- **test** holds the 100 add2 test problems of every other folder three times: `phrasing: seen`
   (exactly the rows of `add2_preference/test.jsonl`) and `phrasing: unseen` (templates
   that occur in no train file), plus `phrasing: bare` (the number alone, same errors).
 """
@@ -32,6 +33,9 @@ from make_data import (
 N_RM_TRAIN = 3000
 P_BARE = 0.2     # share of train pairs whose completions are the number alone
 RM_KINDS = ("off_by_one", "carry", "digit_swap", "tens", "final_only")
+# off by one (the units digit) and a dropped carry are the hard kinds and most of the test
+# pairs: drawn 3x and 2x as often as the others
+KIND_WEIGHTS = (3, 2, 1, 1, 1)
 
 # extra wordings used only in train, and wordings used only in test (phrasing "unseen")
 TRAIN_ONLY = [
@@ -106,9 +110,10 @@ def build(examples):
         _, fill = render(p, text_rng)          # names and objects
         tpl = text_rng.choice(pool)
         bare = bare_rng.random() < P_BARE
-        kinds = [k for k in RM_KINDS if not (bare and k == "final_only")]
+        kinds = [(k, w) for k, w in zip(RM_KINDS, KIND_WEIGHTS, strict=True) if not (bare and k == "final_only")]
         for _ in range(10):                     # a kind that applies to this problem
-            row = _pair(p, tpl, fill, kind_rng.choice(kinds), kind_rng, bare)
+            kind = kind_rng.choices([k for k, _ in kinds], weights=[w for _, w in kinds])[0]
+            row = _pair(p, tpl, fill, kind, kind_rng, bare)
             if row is not None:
                 train.append(row)
                 break

@@ -59,7 +59,7 @@ def test_scorer_renders_exactly_the_training_tokens(trained_rm):
 def test_eval_cli_reports_the_trainers_accuracy(trained_rm, tmp_path, capsys):
     out, data, summary, _ = trained_rm
     report = tmp_path / "rm_eval.json"
-    assert main(["eval", "--reward-model", str(out), "--data", str(data),
+    assert main(["eval", "--reward-model", str(out), "--data", str(data), "--dtype", "float32",
                  "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     final = summary["final_eval"]
@@ -171,7 +171,7 @@ def test_trl_reward_trainer_folder_scores_like_trl(tiny_model_dir, trained_rm, t
                         [r["chosen"] for r in rows] + [r["rejected"] for r in rows]).rewards
     assert ours == pytest.approx(trl_rewards.tolist(), abs=1e-4)
     report = tmp_path / "e.json"
-    assert main(["eval", "--reward-model", str(folder), "--data", str(data),
+    assert main(["eval", "--reward-model", str(folder), "--data", str(data), "--dtype", "float32",
                  "--json", str(report)]) == 0
     assert json.loads(report.read_text())["accuracy"] == \
         pytest.approx(trl_eval["eval_accuracy"], abs=1e-6)
@@ -261,3 +261,38 @@ def test_recipe_checks_the_reward_model_folder(trained_rm, tiny_model_dir, capsy
     assert main(["check", recipe,
                  f"rewards=[{{name: reward_model, path: {tiny_model_dir}}}]"]) == 2
     assert "not a reward model" in capsys.readouterr().err
+
+
+def test_grpo_trains_on_the_reward_model_alone(trained_rm, tiny_model_dir, tmp_path):
+    """The reward model as the only reward of an online run: every sample scored by it (no
+    scorer errors), the rewards are its scores, and the policy takes its steps."""
+    from alignment.trainers.grpo import GRPOTrainer
+
+    data = ROOT / "data/arithmetic/add2/train.jsonl"
+    recipe = recipe_from_dict({
+        "algorithm": "grpo", "output_dir": str(tmp_path / "g"),
+        "model": {"name": tiny_model_dir, "dtype": "float32"},
+        "data": {"train": str(data), "train_limit": 8},
+        "trainer": {"max_steps": 2, "save_every": None, "eval_every": None},
+        "grpo": {"prompts_per_step": 2, "num_generations": 4},
+        "rollout": {"backend": "hf", "max_new_tokens": 6},
+        "rewards": [{"name": "reward_model", "path": str(trained_rm[0])}],
+        "eval": {"before_after": False},
+        "logging": {"tensorboard": False, "progress_bar": False}})
+    trainer = GRPOTrainer(recipe)
+    summary = trainer.train()
+    assert summary["steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "g/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward" in r]
+    assert len(steps) == 2
+    assert all(r.get("reward_errors", 0) == 0 for r in steps)
+    # the logged samples carry the reward model's own score of (data prompt, completion)
+    scorer = RewardModelScorer(str(trained_rm[0]))
+    sample = json.loads((tmp_path / "g/samples.jsonl").read_text().splitlines()[0])
+    suffix = "<|im_end|>\n<|im_start|>assistant\n"      # the sample keeps the text's tail
+    prompt = next(p for p in (json.loads(line)["prompt"] for line in data.read_text()
+                              .splitlines()[:8])
+                  if (p + suffix).endswith(sample["prompt"]) or
+                  sample["prompt"].endswith(p + suffix))
+    assert scorer.score([prompt], [sample["completion"]]).rewards[0] == \
+        pytest.approx(sample["reward"], abs=1e-4)
