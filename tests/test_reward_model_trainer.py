@@ -114,6 +114,7 @@ def _separate_rewards(trainer, pairs) -> torch.Tensor:
 
 def test_a_pair_in_one_row_scores_like_two_sequences(tmp_path, tiny_model_dir):
     trainer, pairs = _rm_trainer(tmp_path, tiny_model_dir)
+    trainer.model.double()     # both layouts in float64 (rewards cast to fp32 at the end)
     batch = trainer.collate(pairs)
     n = len(pairs)
     full = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
@@ -122,14 +123,15 @@ def test_a_pair_in_one_row_scores_like_two_sequences(tmp_path, tiny_model_dir):
         loss, metrics = trainer.compute_loss(batch)
     separate = _separate_rewards(trainer, pairs)
     expected, expected_metrics = bradley_terry_loss(separate[:n], separate[n:])
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert metrics["rewards/margin"].item() == pytest.approx(
-        expected_metrics["rewards/margin"].item(), abs=1e-5)
+        expected_metrics["rewards/margin"].item(), abs=1e-6)
 
 
 def test_token_level_term_reads_every_token_from_the_first_difference(tmp_path,
                                                                      tiny_model_dir):
     trainer, pairs = _rm_trainer(tmp_path, tiny_model_dir, token_weight=0.5)
+    trainer.model.double()
     pairs = pairs[:4]
     batch = trainer.collate(pairs)
     width_p = batch["widths"][0]
@@ -159,9 +161,9 @@ def test_token_level_term_reads_every_token_from_the_first_difference(tmp_path,
                 terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
                     scores, torch.full_like(scores, label), reduction="none"))
         token_loss = torch.cat(terms).mean()
-    assert metrics["token_loss"].item() == pytest.approx(token_loss.item(), abs=1e-5)
+    assert metrics["token_loss"].item() == pytest.approx(token_loss.item(), abs=1e-6)
     bt, _ = bradley_terry_loss(separate[:4], separate[4:])
-    assert loss.item() == pytest.approx(bt.item() + 0.5 * token_loss.item(), abs=1e-5)
+    assert loss.item() == pytest.approx(bt.item() + 0.5 * token_loss.item(), abs=1e-6)
     # the token term: every ending token labelled by its side, and its gradient reaches
     # the head
     loss.backward()
