@@ -65,7 +65,10 @@ def test_eval_cli_reports_the_trainers_accuracy(trained_rm, tmp_path, capsys):
     final = summary["final_eval"]
     assert result["n"] == 16
     assert result["accuracy"] == pytest.approx(final["eval/rewards/accuracy"], abs=1e-9)
-    assert result["mean_margin"] == pytest.approx(final["eval/rewards/margin"], abs=1e-4)
+    # same pairs, same rule; the margin to fp32 rounding of two layouts (one row per pair in
+    # training, separate sequences here): alone this agrees to 1e-6, after other tests in
+    # the same process CPU kernels differ by up to ~1e-3 relative (seen in CI)
+    assert result["mean_margin"] == pytest.approx(final["eval/rewards/margin"], rel=2e-3)
     assert set(result["by"]["task"]) == {"add2"}
     assert set(result["by"]) == {"task"}
     printed = capsys.readouterr().out
