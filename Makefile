@@ -35,11 +35,11 @@ bench-grpo: setup
 bench-pairs: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/pairs_vs_trl.py --json bench/pairs_vs_trl.json
 
-# Reward-model training vs TRL's RewardTrainer: same pairs, steps, init; accuracy, tokens/s.
-# RM_INIT: the causal LM both start from (the recipe's stage one: runs/grpo).
-RM_INIT ?= runs/grpo
+# Reward-model training vs TRL's RewardTrainer: same pairs, steps, init, LoRA 32 (the
+# recipe's set-up); accuracy, tokens/s. RM_INIT: the causal LM both start from.
+RM_INIT ?= smollm2-135m
 bench-rm: setup
-	HF_HUB_OFFLINE=1 $(PY) bench/reward_model_vs_trl.py --model $(RM_INIT) --output bench/reward_model_vs_trl.json
+	HF_HUB_OFFLINE=1 $(PY) bench/reward_model_vs_trl.py --model $(RM_INIT) --lora 32 --lr 5e-4 --steps 100 --output bench/reward_model_vs_trl.json
 
 # PPO / APA / DR-PO vs GRPO: s/step at 64 samples per step, time split, peak RSS.
 bench-actor-critic: setup
