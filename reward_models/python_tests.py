@@ -3,10 +3,14 @@
 The program run is the completion's code — the last ```python fenced block, else the last
 fenced block of any kind, else the whole completion; a fence left open at the end (a
 generation cut off by the token limit) counts as a block — followed by a blank line and the
-row's `tests` (asserts; a list of strings is joined with newlines). Reward 1.0 when the
-program exits cleanly within the limits, else 0.0. The code runs in `reward_models.sandbox`
-(see there for what is contained and how); samples of a batch run concurrently on a small
-thread pool.
+row's `tests` (asserts; a list of strings is joined with newlines), parsed on their own and
+run after the code. Reward 1.0 only when the sandbox's runner reports, with the run's secret,
+that the tests returned (`SandboxResult.completed`): a program that exits early in any way
+(sys.exit, os._exit, SystemExit, atexit, an excepthook, a thread, a signal) scores 0, and so
+does an object "equal to everything" in the tests' comparisons. The code runs in
+`reward_models.sandbox` (see there for what is contained and how); samples of a batch run
+concurrently on a small thread pool. `isolation` is the weakest sandbox mode accepted (the
+default refuses to run without the strongest isolation this kind of machine can give).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reward_models.base import Scorer, ScoreResult
-from reward_models.sandbox import SandboxError, SandboxResult, run_python
+from reward_models.sandbox import MODES, IsolationError, SandboxError, SandboxResult, run_python
+from reward_models.sandbox.runner import wrap_tests
 
 _PYTHON_BLOCK_RE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n`]*\n(.*?)(?:```|\Z)",
                               re.DOTALL | re.IGNORECASE)
@@ -37,13 +42,14 @@ class PythonTestsScorer(Scorer):
     name = "python_tests"
 
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512,
-                 tests_column: str = "tests", workers: int = 2):
-        if workers < 1:
-            raise ValueError(f"{self.name}: workers must be >= 1, got {workers}")
+                 tests_column: str = "tests", workers: int = 2, isolation: str | None = None):
+        check_sandbox_options(self.name, timeout_s=timeout_s, memory_mb=memory_mb,
+                              workers=workers, isolation=isolation)
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.tests_column = tests_column
         self.workers = workers
+        self.isolation = isolation
 
     def tests_of(self, row: Mapping[str, Any]) -> str:
         tests = row.get(self.tests_column) if row is not None else None
@@ -52,17 +58,20 @@ class PythonTestsScorer(Scorer):
         if not isinstance(tests, str) or not tests.strip():
             raise ValueError(f"{self.name}: the row has no tests: column "
                              f"{self.tests_column!r} is missing or empty")
+        try:
+            wrap_tests(tests)
+        except SyntaxError as exc:
+            raise ValueError(f"{self.name}: the row's tests (column {self.tests_column!r}) do "
+                             f"not parse: {exc.msg} at line {exc.lineno}") from None
         return tests
 
-    def program(self, completion: str, row: Mapping[str, Any]) -> str:
-        return extract_code(completion) + "\n\n" + self.tests_of(row)
-
     def run(self, prompt: str, completion: str, row: Mapping[str, Any]) -> SandboxResult:
-        return run_python(self.program(completion, row), timeout_s=self.timeout_s,
-                          memory_mb=self.memory_mb)
+        return run_python(extract_code(completion), tests=self.tests_of(row),
+                          timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                          isolation=self.isolation)
 
     def score_one(self, prompt: str, completion: str, row: Mapping[str, Any]) -> float:
-        return 1.0 if self.run(prompt, completion, row).status == "ok" else 0.0
+        return 1.0 if self.run(prompt, completion, row).completed else 0.0
 
     def score(self, prompts: Sequence[str], completions: Sequence[str],
               rows: Sequence[Mapping[str, Any]] | None = None) -> ScoreResult:
@@ -72,22 +81,51 @@ class PythonTestsScorer(Scorer):
         if not len(prompts) == len(completions) == len(rows):
             raise ValueError(f"{self.name}: {len(prompts)} prompts, {len(completions)} "
                              f"completions and {len(rows)} rows: they must match")
-        programs = [self.program(c, r) for c, r in zip(completions, rows, strict=True)]
-
-        def one(program: str) -> tuple[float, str | None]:
+        jobs = []
+        for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
             try:
-                result = run_python(program, timeout_s=self.timeout_s,
-                                    memory_mb=self.memory_mb)
+                jobs.append((extract_code(completion), self.tests_of(row)))
+            except ValueError as exc:
+                raise ValueError(f"sample {i}: {exc}") from None
+
+        def one(job: tuple[str, str]) -> tuple[float, str | None]:
+            try:
+                result = run_python(job[0], tests=job[1], timeout_s=self.timeout_s,
+                                    memory_mb=self.memory_mb, isolation=self.isolation)
+            except IsolationError:
+                raise
             except SandboxError as exc:
                 return 0.0, f"sandbox failure: {exc}"
-            if result.status == "ok":
+            if result.completed:
                 return 1.0, None
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
-            return 0.0, f"{result.status}: {lines[-1].strip()}" if lines else result.status
+            return 0.0, failure_reason(result)
 
-        if not programs:
+        if not jobs:
             return ScoreResult([], {self.name: []}, [])
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(programs))) as pool:
-            outcomes = list(pool.map(one, programs))
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
+            outcomes = list(pool.map(one, jobs))
         rewards = [reward for reward, _ in outcomes]
         return ScoreResult(rewards, {self.name: list(rewards)}, [err for _, err in outcomes])
+
+
+def failure_reason(result: SandboxResult) -> str:
+    """Why a run did not pass, in one line (the last line of stderr, or how it ended)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.status == "ok":
+        return ("exited before the tests finished (exit status 0, no completion report)"
+                if not result.completed else "ok")
+    return f"{result.status}: {lines[-1].strip()}" if lines else result.status
+
+
+def check_sandbox_options(name: str, *, timeout_s: float, memory_mb: int, workers: int,
+                          isolation: str | None) -> None:
+    """Options every sandboxed scorer shares: a bad one is a ValueError naming it."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"{name}: workers must be an integer >= 1, got {workers!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"{name}: timeout_s must be a number > 0, got {timeout_s!r}")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 16:
+        raise ValueError(f"{name}: memory_mb must be an integer >= 16, got {memory_mb!r}")
+    if isolation is not None and isolation not in MODES:
+        raise ValueError(f"{name}: isolation must be one of {', '.join(MODES)}, got "
+                         f"{isolation!r}")

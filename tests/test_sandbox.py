@@ -194,12 +194,13 @@ def test_network_is_blocked():
         result = run_python(code)
         assert result.status == "error" and "PermissionError" in result.stderr
         assert _score(code + "\n" + ADD).rewards == [0.0]
-    if STRONG:   # the boundary itself: a raw connect() that bypasses the Python prelude
-        code = ("import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                "fd = libc.socket(2, 1, 0)\n"
-                "addr = struct.pack('<H', 2) + struct.pack('!H4s8x', 80, bytes([1, 1, 1, 1]))\n"
-                "rc = libc.connect(fd, addr, len(addr))\n"
-                "print(rc, os.strerror(ctypes.get_errno()))\n")
+    if STRONG:   # the boundary itself: a raw connect() from a fresh interpreter (no guards)
+        raw = ("import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+               "fd = libc.socket(2, 1, 0)\n"
+               "addr = struct.pack('<H', 2) + struct.pack('!H4s8x', 80, bytes([1, 1, 1, 1]))\n"
+               "rc = libc.connect(fd, addr, len(addr))\n"
+               "print(rc, os.strerror(ctypes.get_errno()), flush=True)\n")
+        code = f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {raw!r}])\n"
         result = run_python(code)
         assert result.stdout.startswith("-1 ") and "unreachable" in result.stdout
 
