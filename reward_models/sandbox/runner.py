@@ -226,7 +226,11 @@ def _no_foreign_kill():
     import os
     kill_, killpg_ = os.kill, os.killpg
 
+    launcher = os.getppid()     # in the session too, but the run's keeper, not the code's
+
     def ours(pid):
+        if pid == launcher:
+            return False
         try:
             return (os.getpgid(pid) == os.getpgid(0)) or (os.getsid(pid) == os.getsid(0))
         except OSError:
