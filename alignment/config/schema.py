@@ -88,6 +88,10 @@ class TrainerConfig:
     keep_checkpoints: int = param(2, "checkpoints kept on disk (oldest removed)", ge=1)
     max_nan_steps: int = param(3, "stop after this many non-finite losses in a row (each "
                                "such step is skipped and counted)", ge=1)
+    resume_ignore_changes: bool = param(
+        False, "resume even when the recipe differs from the checkpoint's recipe.yaml (the "
+        "differences are printed); false = stop and list them. Keys that may always change "
+        "on resume: see RESUME_MAY_CHANGE in alignment/trainers/checkpoint.py")
 
 
 @dataclass

@@ -434,6 +434,8 @@ class Trainer(abc.ABC):
         last = checkpoint.latest_checkpoint(self.output_dir)
         if last is None:
             return
+        checkpoint.check_recipe(last, dump_recipe(self.recipe),
+                                ignore=self.cfg.resume_ignore_changes, say=self._say)
         state, blobs = checkpoint.load_checkpoint(last)
         if self.zero_stage:
             if state["world"] != self.world or not (last / "deepspeed").is_dir():

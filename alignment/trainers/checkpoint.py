@@ -5,10 +5,15 @@ Layout of `output_dir/checkpoints/step-000050/`:
                     and its tokenizer: loadable as is
   critic/           the same for the value model (actor-critic trainers)
   trainer.pt        fp32 master weights, optimiser and scheduler state, RNG states
+                    (Python, NumPy, torch CPU and, when present, CUDA)
   trainer_state.json  step, epoch, position in the epoch, metric history
   recipe.yaml       the resolved recipe that produced it
-The folder is assembled under a temporary name and renamed into place (`atomic_dir`), so a
-SIGKILL at any moment leaves either the previous checkpoints or the new one complete.
+The folder is assembled under a temporary name, fsynced (files, then folders) and renamed
+into place (`atomic.replace_dir`); old checkpoints are renamed away before they are deleted.
+So a SIGKILL at any moment leaves every `step-*` folder complete, and `remove_partial`
+clears the hidden leftovers on restart. A resumed run checks its recipe against the
+checkpoint's (`recipe_changes`). `bench/kill_resume.py` kills runs at random and at the
+points of `alignment.faults` to show it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 import torch
 
 from alignment import atomic
+from alignment.errors import TrainingError
+from alignment.faults import kill_point
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -37,9 +44,11 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def remove_partial(output_dir: str | Path) -> None:
-    """Delete the temporary folders a killed save left behind (never complete ones)."""
+    """Delete the temporary folders a killed save left behind (never complete ones); a
+    checkpoint a kill left renamed aside while being replaced is first put back."""
     root = Path(output_dir) / "checkpoints"
     if root.is_dir():
+        atomic.restore_old(root)
         for p in root.iterdir():
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
@@ -72,21 +81,20 @@ def write_trainer_files(folder: Path, trainer_state: dict, *, scheduler_state: d
     if optimizer_state is not None:
         blobs["optimizer"] = optimizer_state
     torch.save(blobs, folder / "trainer.pt")
+    kill_point("checkpoint")   # (crash tests: a folder with weights but no state yet)
     (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     (folder / "recipe.yaml").write_text(recipe_yaml)
 
 
 def publish(tmp: Path, target: Path, keep: int) -> None:
     """Rename a completely written checkpoint folder into place, then prune old ones."""
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    atomic.replace_dir(tmp, target)
     prune(target.parent.parent, keep)
 
 
 def prune(output_dir: str | Path, keep: int) -> None:
     for old in checkpoint_dirs(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        atomic.remove_dir(old)
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -97,11 +105,73 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():   # one generator per visible device
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    # (a checkpoint from another machine may have no or other CUDA devices: then the
+    # CUDA streams start from the seed, and only GPU-side sampling can differ)
+    if "cuda" in state and torch.cuda.is_available() \
+            and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Recipe keys a resumed run may change without changing what it computes: how long to go on,
+# how often to save/log/evaluate, where it runs (launch, threads), what it reports. A key
+# ending in "." covers its whole section.
+RESUME_MAY_CHANGE = ("output_dir", "trainer.max_steps", "trainer.epochs",
+                     "trainer.save_every", "trainer.keep_checkpoints", "trainer.log_every",
+                     "trainer.eval_every", "trainer.threads", "trainer.max_nan_steps",
+                     "trainer.resume_ignore_changes", "data.eval", "data.eval_limit",
+                     "eval.", "launch.", "logging.")
+
+
+def check_recipe(folder: Path, current_yaml: str, *, ignore: bool, say) -> None:
+    """Stop (TrainingError) when the checkpoint in `folder` was written by another recipe:
+    the resumed run would silently mix two configurations. `ignore`: say so and go on."""
+    saved = folder / "recipe.yaml"
+    if not saved.is_file():   # (written by a version that did not save it)
+        return
+    changes = recipe_changes(saved.read_text(), current_yaml)
+    if not changes:
+        return
+    listed = "\n".join(f"  {c}" for c in changes)
+    if ignore:
+        say(f"note: resuming from {folder} with a changed recipe "
+            f"(trainer.resume_ignore_changes=true):\n{listed}")
+        return
+    raise TrainingError(f"the recipe differs from the one that wrote {folder} "
+                        f"(old -> new):\n{listed}\nresume with the old values, choose "
+                        "another output_dir for a new run, or set "
+                        "trainer.resume_ignore_changes=true to continue with the new ones")
+
+
+def recipe_changes(saved_yaml: str, current_yaml: str) -> list[str]:
+    """`key: old -> new` for every resolved-recipe key that differs, but those in
+    RESUME_MAY_CHANGE."""
+    import yaml
+
+    old, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(current_yaml))
+    may = lambda key: any(key == k or (k.endswith(".") and key.startswith(k))  # noqa: E731
+                          for k in RESUME_MAY_CHANGE)
+    absent = "<absent>"
+    return [f"{key}: {old.get(key, absent)} -> {new.get(key, absent)}"
+            for key in sorted(old.keys() | new.keys())
+            if not may(key) and old.get(key, absent) != new.get(key, absent)]
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -28,6 +28,8 @@ import warnings
 
 import torch
 
+from alignment.faults import kill_point
+
 
 def make_accelerator():
     from accelerate import Accelerator
@@ -84,6 +86,7 @@ class DeepSpeedOptimizer:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> float:
+        kill_point("step")   # (crash tests: gradients reduced, weights not yet updated)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

@@ -30,7 +30,7 @@ class MetricsLogger:
         if start_step == 0 and self.jsonl.exists():
             self.jsonl.unlink()  # a fresh run: do not mix with an old one's curves
         elif self.jsonl.exists():  # resumed: keep the curve up to the checkpoint only
-            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+            rows = _read_rows(self.jsonl)
             # (rows of the checkpoint's own step holding only eval/* values were logged
             # after it was saved: the final evaluation, which the resumed run redoes)
             self.history = [r for r in rows if r["step"] < start_step or (
@@ -78,6 +78,18 @@ class MetricsLogger:
         if summary is not None:
             atomic.write_json(self.dir / "summary.json", summary)
             plot_curves(self.history, self.dir / "curves.png")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a last line that a kill cut short is dropped (its step
+    comes after the checkpoint, so the resumed run logs it again)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _short(key: str) -> str:

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from alignment import atomic
+from alignment.faults import kill_point
 from alignment.losses.grpo import overlong_penalty
 from alignment.models import load_causal_lm, resolve_model
 from alignment.rollout import Rollouts, logprob_gap
@@ -112,8 +114,8 @@ class OnlineTrainer(EngineSetup, Trainer):
 
     # ------------------------------------------------------------------ set-up
     def before_training(self) -> None:
-        if self.step == 0 and self.is_main:   # a fresh run: no samples of an old one
-            (self.output_dir / "samples.jsonl").unlink(missing_ok=True)
+        if self.is_main:   # a fresh run: no samples of an old one; resumed: none past it
+            _keep_samples_up_to(self.output_dir / "samples.jsonl", self.step)
         self.gaps: list[tuple[float, float]] = []
         self.scorer = build_composite(self.recipe.rewards)
         self.verifier_key = next((p.key for p in self.scorer.parts
@@ -223,6 +225,7 @@ class OnlineTrainer(EngineSetup, Trainer):
         self.after_update(metrics, n_samples)
         self.advance_schedule()
         with _timed(times, "sync"):
+            kill_point("sync")   # (crash tests: weights updated, engine not yet synced)
             self.engine.sync_weights(self.policy)
         seconds = time.perf_counter() - t0
         tokens = int(self._sum_across_processes(sum(b["n_tokens"] for b in batches)))
@@ -347,6 +350,25 @@ class OnlineTrainer(EngineSetup, Trainer):
         """Online trainers have no held-out loss: greedy accuracy on data.eval through the
         rollout engine instead (fast; `alignment eval` is the reference measurement)."""
         return self.engine_accuracy()
+
+
+def _keep_samples_up_to(path, step: int) -> None:
+    """Drop the sample rows of steps after `step` (a killed run's steps that the resumed
+    run does again) and a line a kill cut short."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= step:
+            rows.append(line + "\n")
+    atomic.write_text(path, "".join(rows))
 
 
 __all__ = ["OnlineTrainer", "PromptExample", "RoundStats", "Sample"]

@@ -16,6 +16,7 @@ import math
 import torch
 
 from alignment.config.schema import TrainerConfig
+from alignment.faults import kill_point
 
 
 class MasterWeightOptimizer:
@@ -57,6 +58,7 @@ class MasterWeightOptimizer:
                 norms.append(torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(m.grad) for m in grads])))
         norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+        kill_point("step")   # (crash tests: gradients summed, weights not yet updated)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.low_precision:
