@@ -22,6 +22,7 @@ import pytest
 from reward_models.python_io import PythonIOScorer
 from reward_models.python_tests import PythonTestsScorer
 from reward_models.sandbox import MODES, modes, run_python
+from reward_models.sandbox import run as run_module
 
 
 def _available_modes():
@@ -343,3 +344,17 @@ def test_hostile_program_is_contained(name, mode):
 def test_hostile_corpus_size():
     assert len(CONTAINED) + len(REWARD_HACKS) >= 40
     assert len(CONTAINED) >= 40
+
+
+@pytest.mark.skipif(not run_module._memory_cgroup_possible(), reason="no memory cgroup here")
+@pytest.mark.parametrize("mode", OWN_UID)
+def test_memory_is_bounded_per_run_not_only_per_process(mode):
+    # four children of 100 MB each fit the per-process limit (256 MB) but not the run's
+    # cgroup (256 MB for all of them): the kernel kills some of them, inside the run only
+    code = ("import os, time\nkids = []\nfor _ in range(4):\n    pid = os.fork()\n"
+            "    if pid == 0:\n        x = bytearray(100 * 2**20)\n"
+            "        for i in range(0, len(x), 4096):\n            x[i] = 1\n"
+            "        time.sleep(2)\n        os._exit(0)\n    kids.append(pid)\n"
+            "print(sum(os.waitpid(p, 0)[1] != 0 for p in kids))\n")
+    result = run_python(code, mode=mode, memory_mb=256, timeout_s=15)
+    assert result.status == "ok" and int(result.stdout) >= 1, (result.stdout, result.stderr)

@@ -172,6 +172,12 @@ def _memory_cgroup(limit: int) -> str | None:
         return None
 
 
+def _memory_cgroup_possible() -> bool:
+    path = _memory_cgroup(64 << 20)
+    _remove_cgroup(path)
+    return path is not None
+
+
 def _remove_cgroup(path: str | None) -> bool:
     """Remove the run's cgroup; whether the kernel had to kill something in it for memory."""
     if path is None:
