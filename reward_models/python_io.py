@@ -31,6 +31,7 @@ from typing import Any
 from reward_models.base import Scorer, ScoreResult
 from reward_models.python_tests import check_sandbox_options, extract_code, failure_reason
 from reward_models.sandbox import IsolationError, SandboxError, run_python
+from reward_models.sandbox.modes import require
 
 
 class PythonIOScorer(Scorer):
@@ -53,6 +54,7 @@ class PythonIOScorer(Scorer):
         self.memory_mb = memory_mb
         self.workers = workers
         self.isolation = isolation
+        self.mode = require(isolation)     # fail closed now, not at the first batch
 
     def cases_of(self, row: Mapping[str, Any] | None) -> tuple[str | None, list, list]:
         """(fn_name or None, inputs, outputs) from the row; ValueError naming what is wrong."""

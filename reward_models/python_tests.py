@@ -22,6 +22,7 @@ from typing import Any
 
 from reward_models.base import Scorer, ScoreResult
 from reward_models.sandbox import MODES, IsolationError, SandboxError, SandboxResult, run_python
+from reward_models.sandbox.modes import require
 from reward_models.sandbox.runner import wrap_tests
 
 _PYTHON_BLOCK_RE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n`]*\n(.*?)(?:```|\Z)",
@@ -50,6 +51,7 @@ class PythonTestsScorer(Scorer):
         self.tests_column = tests_column
         self.workers = workers
         self.isolation = isolation
+        self.mode = require(isolation)     # fail closed now, not at the first batch
 
     def tests_of(self, row: Mapping[str, Any]) -> str:
         tests = row.get(self.tests_column) if row is not None else None

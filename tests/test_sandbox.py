@@ -277,3 +277,54 @@ def test_uid_fallback_mode_contains_escapes():
     result = run_python(f"import ctypes, os\nctypes.CDLL(None).kill({os.getpid()}, 9)\n"
                         "while True: os.fork()", mode="uid")
     assert not result.ok
+
+
+# --- failing closed ---------------------------------------------------------------------------
+
+def _pretend_machine_gives(monkeypatch, mode, why):
+    from reward_models.sandbox import modes
+    monkeypatch.setattr(modes, "_mode", mode)
+    monkeypatch.setattr(modes, "_notes", [why])
+
+
+def test_too_weak_isolation_stops_with_what_is_missing_and_how_to_allow_it(monkeypatch):
+    from reward_models.python_io import PythonIOScorer
+    from reward_models.sandbox import IsolationError
+    _pretend_machine_gives(monkeypatch, "uid", "namespaces unavailable: unshare: EPERM")
+    for scorer in (PythonTestsScorer, PythonIOScorer):
+        with pytest.raises(IsolationError) as err:
+            scorer(isolation="namespaces")
+        message = str(err.value)
+        assert "needs isolation 'namespaces'" in message and "gives only 'uid'" in message
+        assert "unshare: EPERM" in message and "isolation: uid" in message
+    with pytest.raises(IsolationError):
+        run_python("print(1)", isolation="namespaces")
+    # asked for explicitly, the weaker mode runs
+    assert _score(ADD, isolation="uid").rewards == [1.0]
+    assert run_python("print(1)", isolation="uid").mode == "uid"
+
+
+def test_too_weak_isolation_is_a_recipe_error(monkeypatch, tmp_path, capsys):
+    from alignment.cli import main
+    _pretend_machine_gives(monkeypatch, "plain", "userns unavailable: no user namespaces")
+    recipe = tmp_path / "code.yaml"
+    recipe.write_text("algorithm: grpo\nrewards: [{name: python_tests}]\n")
+    assert main(["check", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "gives only 'plain'" in err and "Traceback" not in err
+    recipe.write_text("algorithm: grpo\nrewards: [{name: python_tests, isolation: plain}]\n")
+    assert main(["check", str(recipe)]) == 0
+
+
+def test_unknown_isolation_is_named():
+    with pytest.raises(ValueError, match="isolation must be one of namespaces, userns, uid, "
+                                         "plain, got 'strong'"):
+        PythonTestsScorer(isolation="strong")
+
+
+def test_set_up_failure_is_an_error_not_a_verdict():
+    from reward_models.sandbox import SandboxError
+    from reward_models.sandbox.run import run_in_mode
+    with pytest.raises(SandboxError, match="setup-error"):
+        run_in_mode("print(1)", MODE, timeout_s=5, memory_mb=256, max_processes=8,
+                    max_output_bytes=1000, max_file_bytes=1000, python="/no/such/python")

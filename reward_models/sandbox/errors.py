@@ -26,5 +26,6 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not run the code (not a verdict on the code)."""
 
 
-class IsolationError(SandboxError):
-    """This machine cannot give the isolation that was asked for."""
+class IsolationError(SandboxError, ValueError):
+    """This machine cannot give the isolation that was asked for (a configuration problem:
+    the fix is another machine or an explicit, weaker `isolation`)."""
