@@ -11,6 +11,11 @@ does an object "equal to everything" in the tests' comparisons. The code runs in
 `reward_models.sandbox` (see there for what is contained and how); samples of a batch run
 concurrently on a small thread pool. `isolation` is the weakest sandbox mode accepted (the
 default refuses to run without the strongest isolation this kind of machine can give).
+
+What it cannot promise: the tests call the code, so a test that calls a library function the
+code has monkeypatched (`math.isclose = lambda *a: True`) can be fooled; comparisons of plain
+data (==, !=, <, in) cannot. Where that matters, use `python_io`: the verdict is computed
+outside the sandbox from plain data.
 """
 
 from __future__ import annotations
