@@ -29,17 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "command", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
+        print(f"error: no command given (one of: {', '.join(parser.command_names)})",
+              file=sys.stderr)
         return EXIT_USAGE
     from alignment.config import ConfigError
     from alignment.data import DataError
     from alignment.errors import TrainingError
     from alignment.launch import LaunchError
     from alignment.models import ModelNotFoundError
+    from reward_models.base import ScorerError
+    from reward_models.reward_model import RewardModelError
+    from reward_models.sandbox import IsolationError
 
+    # user errors, found up front or mid-run (TrainingError covers an engine that stopped
+    # taking the trainer's weights; ScorerError a reward function failing with
+    # on_error: raise): one message each, no traceback
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelNotFoundError, LaunchError, TrainingError) as exc:
+    except (ConfigError, DataError, ModelNotFoundError, LaunchError, TrainingError,
+            ScorerError, RewardModelError, IsolationError) as exc:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         where = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
         print(f"{where}error: {exc}", file=sys.stderr)
@@ -123,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="resolve (and if bundled, convert) a model name")
     model.add_argument("name", nargs="?", default="smollm2-135m")
     model.set_defaults(run=_model)
+    p.command_names = tuple(sub.choices)
     return p
 
 
@@ -163,9 +173,11 @@ def _eval(args) -> int:
     if args.n is not None and args.n <= 0:
         print(f"error: --n must be positive, got {args.n}", file=sys.stderr)
         return EXIT_USAGE
-    if args.batch_size <= 0:
-        print(f"error: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
-        return EXIT_USAGE
+    for flag, value in (("--batch-size", args.batch_size),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value <= 0:
+            print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
+            return EXIT_USAGE
     if args.reward_model:
         return _eval_reward_model(args)
     settings = EvalSettings(limit=args.n, max_new_tokens=args.max_new_tokens,
@@ -263,6 +275,10 @@ def _score(args) -> int:
     if args.batch_size <= 0:
         print(f"error: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
         return EXIT_USAGE
+    problem = _output_problem(args.output)
+    if problem:
+        print(f"error: --output '{args.output}' {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         scorer = _build_scorer(args, batch_size=args.batch_size)
         stats = score_file(scorer, args.input, args.output, batch_size=args.batch_size,
@@ -274,6 +290,18 @@ def _score(args) -> int:
         return EXIT_USAGE
     report(stats, args.output)
     return 0
+
+
+def _output_problem(output: str) -> str | None:
+    """Why a file cannot be written at `output` (checked before any work is done)."""
+    path = Path(output)
+    if path.is_dir():
+        return "is a folder; give a file name"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else (f"cannot be created: '{parent}' is a file, "
+                                                 "not a folder")
+    return None
 
 
 def _model(args) -> int:

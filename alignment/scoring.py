@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from alignment.data.io import DataError
+from alignment.errors import not_utf8
 from reward_models import Scorer
 
 
@@ -34,9 +36,10 @@ def score_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size:
 
         bar = tqdm(unit="row", desc="scoring")
     try:
-        with src.open(encoding="utf-8") as f, os.fdopen(fd, "w", encoding="utf-8") as dst:
+        with src.open("rb") as f, os.fdopen(fd, "w", encoding="utf-8") as dst:
             batch: list[tuple[int, dict, str | None]] = []   # input order is kept
-            for n, line in enumerate(f, start=1):
+            for n, raw in enumerate(f, start=1):
+                line = _decode(raw, src, n)
                 if not line.strip():
                     continue
                 stats["rows"] += 1
@@ -62,6 +65,16 @@ def score_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return stats
+
+
+def _decode(raw: bytes, src: Path, n: int) -> str:
+    """A line as text; a file that is not UTF-8 (or not text) stops here, naming the line
+    (the temporary output is removed: nothing half-written is left)."""
+    try:
+        return (raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{src} line {n}: {not_utf8(raw, exc, line=n)}; alignment score "
+                        "reads UTF-8 jsonl") from None
 
 
 def _parse(line: str, n: int, prompt_column: str, completion_column: str):

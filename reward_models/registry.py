@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ BUILTIN = {
     "math_equiv": "reward_models.verifiers:MathEquivScorer",
     "regex": "reward_models.verifiers:RegexScorer",
     "python_tests": "reward_models.python_tests:PythonTestsScorer",
+    "python_io": "reward_models.python_io:PythonIOScorer",
     "reward_model": "reward_models.reward_model:RewardModelScorer",
 }
 
@@ -37,6 +40,10 @@ def build_scorer(name: str, **options: Any) -> Scorer:
         raise ValueError(f"unknown scorer '{name}'{hint} (built-in: {', '.join(BUILTIN)}; or "
                          "a dotted path 'package.module:Name' to your own)")
     obj = _import(target or name)
+    problems = [f"scorer '{name}', option {p}" if _names_option(p, options) else p
+                for p in option_problems(name, obj, options)]
+    if problems:
+        raise ValueError("; ".join(problems))
     if inspect.isclass(obj) and issubclass(obj, Scorer):
         try:
             scorer = obj(**options)
@@ -55,6 +62,12 @@ def build_scorer(name: str, **options: Any) -> Scorer:
 # keys of a recipe reward spec that are not scorer options
 SPEC_KEYS = {"name": str, "weight": (int, float), "constraint": bool, "label": str,
              "on_error": str}
+_EXPECTED = {"name": "a string", "weight": "a number", "constraint": "true or false",
+             "label": "a string", "on_error": "'zero' or 'raise'"}
+# built-ins whose constructor is cheap (no model, no process): `check_specs` builds them
+# once, so every check their constructor makes is also made at recipe time
+CHEAP_TO_BUILD = ("exact_answer", "digit_match", "math_equiv", "regex", "python_tests",
+                  "python_io")
 
 
 def build_composite(specs: Sequence[Mapping[str, Any]], on_violation: str = "zero",
@@ -79,27 +92,32 @@ def build_composite(specs: Sequence[Mapping[str, Any]], on_violation: str = "zer
 
 
 def check_specs(specs: Any, where: str = "rewards") -> list[str]:
-    """Every problem in a list of reward specs, without building any scorer (no model is
-    loaded): unknown scorer names and options get a did-you-mean."""
+    """Every problem in a list of reward specs, without loading any model: unknown scorer
+    names and options get a did-you-mean; option types, the scorer's own `check_options`
+    and (for the cheap built-ins) its constructor's checks are run."""
     if not isinstance(specs, (list, tuple)) or not specs:
         return [f"{where}: expected a non-empty list of reward specs like "
                 "[{name: exact_answer, weight: 1.0}]"]
     problems = []
+    keys: dict[str, int] = {}
     for i, spec in enumerate(specs):
         at = f"{where}[{i}]"
         if not isinstance(spec, Mapping):
             problems.append(f"{at}: expected a mapping like {{name: exact_answer}}, got {spec!r}")
             continue
         name = spec.get("name")
+        builtins = f"a built-in: {', '.join(BUILTIN)}; or 'package.module:Name'"
+        if name is None:
+            problems.append(f"{at}: missing 'name' ({builtins})")
+            continue
         if not isinstance(name, str):
-            problems.append(f"{at}: missing 'name' (a built-in: {', '.join(BUILTIN)}; or "
-                            "'package.module:Name')")
+            problems.append(f"{at}.name: expected a string ({builtins}), got {name!r}")
             continue
         for key, kind in SPEC_KEYS.items():
             value = spec.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
                                       and kind is not bool):
-                problems.append(f"{at}.{key}: bad value {value!r}")
+                problems.append(f"{at}.{key}: expected {_EXPECTED[key]} (got {value!r})")
         if spec.get("on_error", "zero") not in ("zero", "raise"):
             problems.append(f"{at}.on_error: must be 'zero' or 'raise' (got "
                             f"{spec['on_error']!r})")
@@ -108,12 +126,78 @@ def check_specs(specs: Any, where: str = "rewards") -> list[str]:
         except ValueError as exc:
             problems.append(f"{at}: {exc}")
             continue
+        key = spec.get("label") if isinstance(spec.get("label"), str) else _part_name(name, target)
+        if key in keys:   # a composite logs each part under its name
+            problems.append(f"{at}: a second part named '{key}' (the first is "
+                            f"{where}[{keys[key]}]): give one of them a 'label'")
+        keys.setdefault(key, i)
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
-        found = _check_options(name, target, options)
-        if not found and hasattr(target, "check_options"):   # the scorer's own checks
-            found = target.check_options(options)
-        problems.extend(f"{at}: {p}" for p in found)
+        found = option_problems(name, target, options)
+        if not found and name in CHEAP_TO_BUILD:
+            try:
+                target(**options)
+            except (TypeError, ValueError) as exc:
+                found = [f"scorer '{name}': {exc}"]
+        problems.extend(f"{at}.{p}" if _names_option(p, options) else f"{at}: {p}"
+                        for p in found)
     return problems
+
+
+def option_problems(name: str, target: Any, options: dict) -> list[str]:
+    """Unknown or missing options, values of the wrong type, and the scorer's own
+    `check_options` (a classmethod returning problems; one about a single option starts
+    with 'OPTION: ')."""
+    found = _check_options(name, target, options)
+    if not found:
+        found = _check_types(target, options)
+    if not found and hasattr(target, "check_options"):
+        found = list(target.check_options(options))
+    return found
+
+
+def _names_option(problem: str, options: dict) -> bool:
+    key, sep, _ = problem.partition(": ")
+    return bool(sep) and key in options
+
+
+def _part_name(name: str, target: Any) -> str:
+    """The name a composite logs a part under (Part.key without a label)."""
+    if inspect.isclass(target) and issubclass(target, Scorer):
+        return target.name
+    return name.rpartition(":")[2].rpartition(".")[2]
+
+
+def _check_types(target: Any, options: dict) -> list[str]:
+    """Options against the constructor's annotations (int, float, str, bool, X | None)."""
+    if not inspect.isclass(target):
+        return []
+    try:
+        hints = typing.get_type_hints(target.__init__)
+    except Exception:  # noqa: BLE001 - an annotation we cannot resolve: nothing to check
+        return []
+    problems = []
+    for key, value in options.items():
+        allowed = _simple_types(hints.get(key))
+        if allowed is None or any(_is(value, t) for t in allowed):
+            continue
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        problems.append(f"{key}: expected {names} (got {value!r})")
+    return problems
+
+
+def _simple_types(tp: Any) -> tuple | None:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        parts = [_simple_types(a) for a in typing.get_args(tp)]
+        return None if any(p is None for p in parts) else sum(parts, ())
+    return (tp,) if tp in (int, float, str, bool, type(None)) else None
+
+
+def _is(value: Any, tp: type) -> bool:
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
 
 
 def _known_name(name: str) -> str:

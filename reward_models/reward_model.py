@@ -30,6 +30,8 @@ from pathlib import Path
 
 from reward_models.base import Scorer, ScorerError, ScoreResult, check_batch
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 class RewardModelError(ValueError):
     """The folder is not a usable reward model (no score head, no chat template, ...)."""
@@ -103,7 +105,7 @@ class RewardModelScorer(Scorer):
         if batch_size <= 0 or max_length <= 0:
             raise ValueError(f"reward_model: batch_size and max_length must be positive, got "
                              f"{batch_size} and {max_length}")
-        if dtype not in ("float32", "bfloat16", "float16"):
+        if dtype not in DTYPES:
             raise ValueError(f"reward_model: dtype '{dtype}' is not one of float32, "
                              "bfloat16, float16")
         path = locate_reward_model(path)
@@ -131,14 +133,21 @@ class RewardModelScorer(Scorer):
     @classmethod
     def check_options(cls, options: dict) -> list[str]:
         """Recipe-time check (`alignment check`, no model loaded): the folder is there and
-        holds a one-output sequence classifier."""
+        holds a one-output sequence classifier; sizes and dtype are allowed values."""
+        problems = []
+        for key in ("batch_size", "max_length"):
+            if options.get(key, 1) <= 0:
+                problems.append(f"{key}: must be positive (got {options[key]!r})")
+        if options.get("dtype", "float32") not in DTYPES:
+            problems.append(f"dtype: must be one of {', '.join(DTYPES)} (got "
+                            f"{options['dtype']!r})")
         if not isinstance(options.get("path"), str):
-            return []           # a missing or non-string path is reported by the caller
+            return problems     # a missing or non-string path is reported by the caller
         try:
             check_reward_model_folder(locate_reward_model(options["path"]))
         except RewardModelError as exc:
-            return [str(exc)]
-        return []
+            problems.append(f"path: {exc}")
+        return problems
 
     # ------------------------------------------------------------------ rendering
     def render(self, prompt, completion: str) -> str:

@@ -91,6 +91,21 @@ class RegexScorer(Scorer):
             raise ValueError(f"regex: invalid pattern {pattern!r}: {exc}") from None
         self.full = full
 
+    @classmethod
+    def check_options(cls, options: dict) -> list[str]:
+        """Recipe-time check: the pattern compiles and the flags are known."""
+        problems = []
+        try:
+            flags = _flags(options.get("flags", ""))
+        except ValueError as exc:
+            problems.append(f"flags: {str(exc).removeprefix('regex: ')}")
+            flags = 0
+        try:
+            re.compile(options.get("pattern", ""), flags)
+        except re.error as exc:
+            problems.append(f"pattern: invalid regular expression {options['pattern']!r}: {exc}")
+        return problems
+
     def score_one(self, prompt, completion, row):
         match = self.pattern.fullmatch if self.full else self.pattern.search
         return float(match(completion.strip() if self.full else completion) is not None)

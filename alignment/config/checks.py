@@ -30,6 +30,13 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         _check_spin(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
+    if is_online(recipe):
+        cache = getattr(recipe, recipe.algorithm).overlong_cache
+        budget = recipe.rollout.max_new_tokens
+        if cache > budget:   # the penalty ramps over the last `cache` tokens of the budget
+            problems.append(f"{recipe.algorithm}.overlong_cache ({cache}) must be at most "
+                            f"rollout.max_new_tokens ({budget}): the overlong penalty ramps "
+                            "over the last overlong_cache tokens of the completion budget")
 
 
 # keys of a pair loss's section that only its online mode reads (offline-only: the rest)

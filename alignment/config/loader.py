@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import string
 import types
 import typing
 from pathlib import Path
@@ -31,6 +33,7 @@ from alignment.config.schema import (
     uses_rewards,
     uses_rollout,
 )
+from alignment.errors import not_utf8
 
 
 class ConfigError(ValueError):
@@ -46,16 +49,54 @@ class ConfigError(ValueError):
 def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"recipe file '{path}' is a folder, not a YAML file"])
     if not path.is_file():
         raise ConfigError([f"recipe file '{path}' does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    raw = _read_yaml(path)
+    if raw is None:
+        raise ConfigError(["the file is empty (a recipe needs at least 'algorithm: ...')"],
+                          str(path))
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping of keys (algorithm: ..., "
                            f"model: ...), got {type(raw).__name__}"], str(path))
     return recipe_from_dict(raw, overrides, base_dir=path.parent, source=str(path))
+
+
+def _read_yaml(path: Path) -> Any:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([not_utf8(data, exc) + " (save the recipe as UTF-8)"],
+                          str(path)) from None
+    try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicates:
+            raise ConfigError(duplicates, str(path))
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+
+
+def _duplicate_keys(node: Any, prefix: str = "") -> list[str]:
+    """YAML keeps the last of two equal keys silently; a recipe says each key once."""
+    problems: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            problems += _duplicate_keys(item, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return problems
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = prefix + str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if isinstance(key_node, yaml.ScalarNode) and key in seen:
+            problems.append(f"duplicate key '{key}' at line {line} (first at line "
+                            f"{seen[key]}): give each key once")
+        seen.setdefault(key, line)
+        problems += _duplicate_keys(value_node, key + ".")
+    return problems
 
 
 def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
@@ -73,6 +114,7 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
     recipe = _build(Recipe, raw, "", problems)
     if not problems:
         check_sections(recipe, raw, problems)
+        _check_output_dir(recipe.output_dir, problems)
     if not problems:
         _check_paths(recipe, "", Path(base_dir), problems)
         check_cross_fields(recipe, problems)
@@ -80,6 +122,24 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         raise ConfigError(problems, source)
     recipe.output_dir = recipe.output_dir.format(algorithm=recipe.algorithm)
     return recipe
+
+
+def _check_output_dir(value: str, problems: list[str]) -> None:
+    """output_dir is a template whose only field is {algorithm}."""
+    if not value.strip():
+        problems.append("output_dir: must not be empty (e.g. runs/{algorithm})")
+        return
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:   # a lone '{' or '}'
+        problems.append(f"output_dir: {value!r} is not a valid template ({exc}); write "
+                        "{{ and }} for a literal brace")
+        return
+    for _, name, spec, conversion in parsed:
+        if name is not None and (name != "algorithm" or spec or conversion):
+            field = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            problems.append(f"output_dir: unknown field '{{{field}}}' in {value!r} (allowed: "
+                            "{algorithm})")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -232,7 +292,13 @@ def _coerce(value: Any, tp: Any) -> Any:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise _BadValue(f"expected a list of {_type_name(item_tp)}")
-        return [_coerce(v, item_tp) for v in value]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_coerce(v, item_tp))
+            except _BadValue as exc:
+                raise _BadValue(f"item {i}: {exc}") from None
+        return items
     if tp is dict:
         if not isinstance(value, dict):
             raise _BadValue("expected a mapping")
@@ -249,11 +315,13 @@ def _coerce(value: Any, tp: Any) -> Any:
         # PyYAML reads `5e-6` (no dot) as a string; accept any float-looking string.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise _BadValue("expected a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _BadValue("expected a number")
+        if not math.isfinite(value):
+            raise _BadValue("expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -8,10 +8,13 @@ written by `datasets.Dataset.save_to_disk`. Every row remembers where it came fr
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from alignment.errors import not_utf8
 
 
 class DataError(ValueError):
@@ -25,6 +28,7 @@ class Row:
 
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_BOM = b"\xef\xbb\xbf"   # a UTF-8 byte-order mark some editors write first
 
 
 def read_rows(path: str | Path) -> list[Row]:
@@ -34,6 +38,8 @@ def read_rows(path: str | Path) -> list[Row]:
     if path.is_dir():
         return _read_dataset_dir(path)
     suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv"):
+        _check_text(path, suffix)
     if suffix == ".jsonl":
         rows = _read_jsonl(path)
     elif suffix == ".json":
@@ -50,10 +56,31 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows
 
 
+def _check_text(path: Path, suffix: str) -> None:
+    with path.open("rb") as f:
+        head = f.read(8192)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); "
+                        "save the file as UTF-8")
+    if b"\x00" in head:   # no UTF-8 text holds NUL bytes
+        raise DataError(f"{path}: a binary file, not {suffix} text (it holds NUL bytes); "
+                        "data files are UTF-8 text, or parquet / a datasets folder")
+
+
+def _decode(data: bytes, path: Path, line: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"{path} line {line}" if line is not None else str(path)
+        raise DataError(f"{where}: {not_utf8(data, exc, line=line)}; save the file as "
+                        "UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            line = _decode(raw.removeprefix(_BOM) if n == 1 else raw, path, n)
             if not line.strip():
                 continue  # blank lines (e.g. a trailing one) are not rows
             try:
@@ -70,7 +97,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(_decode(path.read_bytes().removeprefix(_BOM), path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); for one "
                         "object per line name the file .jsonl") from None
@@ -100,14 +127,18 @@ def _read_parquet(path: Path) -> list[Row]:
 
 
 def _read_csv(path: Path) -> list[Row]:
+    text = _decode(path.read_bytes().removeprefix(_BOM), path)
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        last_line = 1  # the header
+    # strict: an unterminated quote is an error, not the rest of the file in one cell
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    last_line = 1  # the header
+    try:
         for r in reader:
             # a quoted field may span lines: a row starts right after the previous one ends
             rows.append(Row(dict(r), f"{path} line {last_line + 1}"))
             last_line = reader.line_num
+    except csv.Error as exc:
+        raise DataError(f"{path} line {last_line + 1}: not readable as CSV ({exc})") from None
     return rows
 
 
