@@ -12,7 +12,15 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_distributed import CLI, ENV, assert_same_model, history, train, two_processes
+from test_distributed import (
+    CLI,
+    ENV,
+    assert_same_metrics,
+    assert_same_model,
+    history,
+    train,
+    two_processes,
+)
 from transformers import AutoModelForSequenceClassification
 
 from alignment.config import ConfigError, recipe_from_dict
@@ -375,9 +383,7 @@ def _same_run(a: Path, b: Path, policy: str) -> None:
     ca, cb = (load_file(str(p / "final" / "critic" / "model.safetensors")) for p in (a, b))
     for name in ca:
         torch.testing.assert_close(cb[name], ca[name], rtol=0, atol=1e-5)
-    for r1, r2 in zip(history(a), history(b), strict=True):
-        for key in ("reward", "loss", "loss/value", "policy/kl", "critic/explained_variance"):
-            if key in r1:
-                assert r2[key] == pytest.approx(r1[key], abs=1e-5), (key, r1, r2)
+    assert_same_metrics(history(a), history(b), ("reward", "loss", "loss/value", "policy/kl",
+                                                 "critic/explained_variance"))
 
 

@@ -401,12 +401,19 @@ def test_shipped_files_load_and_splits_are_disjoint(shipped, fmt):
     assert not prompts["train"] & prompts["test"]
 
 
+# the completions each shipped format carries (so the checks below cannot all be skipped)
+SHIPPED_COMPLETIONS = {"rl": set(), "preference": {"chosen", "rejected"},
+                       "preference_chat": {"chosen", "rejected"}, "sft": {"completion"},
+                       "sft_plain": {"completion"}}
+
+
 @pytest.mark.parametrize("fmt", SHIPPED)
 def test_shipped_answers(shipped, fmt):
     for split in ("train", "test"):
         for ex in shipped[fmt, split]:
             answer = ex.extra["answer"]
             texts = {k: v[-1]["content"] for k, v in ex.completions.items()}
+            assert set(texts) == SHIPPED_COMPLETIONS[fmt], ex.where
             for name in ("chosen", "completion"):
                 if name in texts:
                     assert parse_number(extract_answer(texts[name])) == answer, ex.where

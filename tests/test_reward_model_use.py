@@ -288,7 +288,7 @@ def test_grpo_trains_on_the_reward_model_alone(trained_rm, tiny_model_dir, tmp_p
     rows = [json.loads(line) for line in (tmp_path / "g/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward" in r]
     assert len(steps) == 2
-    assert all(r.get("reward_errors", 0) == 0 for r in steps)
+    assert [r["reward_errors"] for r in steps] == [0, 0]
     # the logged samples carry the reward model's own score of (data prompt, completion)
     scorer = RewardModelScorer(str(trained_rm[0]))
     sample = json.loads((tmp_path / "g/samples.jsonl").read_text().splitlines()[0])
