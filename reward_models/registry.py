@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +198,8 @@ def _is(value: Any, tp: type) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if tp is str:   # a path may come as a Path
+        return isinstance(value, (str, os.PathLike))
     return isinstance(value, tp)
 
 

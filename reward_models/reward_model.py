@@ -141,7 +141,7 @@ class RewardModelScorer(Scorer):
         if options.get("dtype", "float32") not in DTYPES:
             problems.append(f"dtype: must be one of {', '.join(DTYPES)} (got "
                             f"{options['dtype']!r})")
-        if not isinstance(options.get("path"), str):
+        if not isinstance(options.get("path"), (str, os.PathLike)):
             return problems     # a missing or non-string path is reported by the caller
         try:
             check_reward_model_folder(locate_reward_model(options["path"]))
