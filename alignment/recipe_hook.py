@@ -22,11 +22,13 @@ import sys
 
 def _is_recipe(path: str) -> bool:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             head = f.read(65536)
     except OSError:
         return False
-    return any(line.startswith("algorithm:") for line in head.splitlines())
+    # bytes: a recipe that is not valid UTF-8 is still ours (`alignment train` says what is
+    # wrong with it); an exception here would escape into site start-up as a traceback
+    return any(line.startswith(b"algorithm:") for line in head.splitlines())
 
 
 def run_if_recipe() -> None:

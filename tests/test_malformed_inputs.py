@@ -649,18 +649,22 @@ def test_malformed_input_gets_a_clean_error(case, ctx, tmp_path, monkeypatch, ca
 
 # ====================================================================== the real entry point
 SUBPROCESS_CASES = [
-    # (argv, file name, file bytes, expected in stderr)
-    (["check", "{f}"], "recipe.yaml", b"algorithm: dpo\n# caf\xe9\n", "not valid UTF-8"),
-    (["score", "--scorer", "exact_answer", "--input", "{f}", "--output", "{d}/o.jsonl"],
-     "in.jsonl", b"\x00\xff\xfe binary", "line 1: not valid UTF-8 text"),
-    (["check", "{f}"], "recipe.yaml",
+    # (python argv, file name, file bytes, expected in stderr)
+    (["-m", "alignment", "check", "{f}"], "recipe.yaml", b"algorithm: dpo\n# caf\xe9\n",
+     "not valid UTF-8"),
+    (["-m", "alignment", "score", "--scorer", "exact_answer", "--input", "{f}", "--output",
+      "{d}/o.jsonl"], "in.jsonl", b"\x00\xff\xfe binary", "line 1: not valid UTF-8 text"),
+    (["-m", "alignment", "check", "{f}"], "recipe.yaml",
      b"algorithm: grpo\nrewards: [{name: python_tests, workers: 0}]\n",
      "workers must be an integer >= 1, got 0"),
+    # a recipe run as the program (`accelerate launch recipe.yaml`): the start-up hook
+    (["{f}"], "recipe.yaml", b"algorithm: dpo\n# caf\xe9\n", "not valid UTF-8"),
 ]
 
 
 def test_real_entry_point_prints_messages_not_tracebacks(tmp_path):
-    """`python -m alignment` (what the `alignment` script runs): exit 2, one message."""
+    """`python -m alignment` (what the `alignment` script runs) and `python recipe.yaml`:
+    exit 2, one message."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     running = []
     for i, (argv, name, content, expected) in enumerate(SUBPROCESS_CASES):
@@ -668,7 +672,7 @@ def test_real_entry_point_prints_messages_not_tracebacks(tmp_path):
         folder.mkdir()
         (folder / name).write_bytes(content)
         args = [a.format(f=folder / name, d=folder) for a in argv]
-        proc = subprocess.Popen([sys.executable, "-m", "alignment", *args], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         running.append((proc, expected))
     for proc, expected in running:
