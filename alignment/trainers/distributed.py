@@ -77,6 +77,7 @@ class DeepSpeedOptimizer:
     keeps the fp32 master weights (sharded under ZeRO), clips and steps."""
 
     low_precision = False   # the engine's parameters are what `export_final` gathers
+    skipped = False         # the last step() was dropped (a non-finite gradient norm)
 
     def __init__(self, engine, optimizer: torch.optim.Optimizer):
         self.engine = engine
@@ -86,10 +87,15 @@ class DeepSpeedOptimizer:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> float:
+        """Step; return the global grad norm (NaN where the engine computed none). The
+        ZeRO optimizers drop a step whose gradient norm is not finite themselves (bf16 and
+        fp16 check for overflow, any dtype when clipping): `skipped` reports it."""
         kill_point("step")   # (crash tests: gradients reduced, weights not yet updated)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = float(norm) if norm is not None else float("nan")
+        self.skipped = not self.engine.was_step_applied()
+        return norm
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()

@@ -45,10 +45,14 @@ class GRPOTrainer(OnlineTrainer):
                    info: RoundStats) -> list[Sample]:
         shaped = torch.tensor(rewards, dtype=torch.float64)   # (overlong penalty included)
         G = self.g.num_generations
+        # a non-finite reward (reported by `_score`) is not part of its group's statistics;
+        # its sample is masked out of the loss (`make_sample`)
+        valid = torch.isfinite(shaped)
         advantages = group_advantages(shaped, G, scale=self.g.scale_rewards,
-                                      eps=self.g.std_eps)
-        spread = shaped.view(-1, G)
-        signal = (spread.max(dim=1).values - spread.min(dim=1).values) > 1e-9   # (groups,)
+                                      eps=self.g.std_eps, valid=valid)
+        high = torch.where(valid, shaped, -torch.inf).view(-1, G).max(dim=1).values
+        low = torch.where(valid, shaped, torch.inf).view(-1, G).min(dim=1).values
+        signal = (high - low) > 1e-9   # (groups,); False with fewer than 2 valid rewards
         info.groups += int(signal.numel())
         info.groups_with_signal += int(signal.sum())
         return [self.make_sample(rollouts, i, float(shaped[i]), truncated[i],

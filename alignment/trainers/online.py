@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import random
+import sys
 import time
 
 import torch
@@ -99,9 +101,11 @@ class OnlineTrainer(EngineSetup, Trainer):
     def make_sample(self, rollouts: Rollouts, i: int, reward: float, truncated: bool,
                     advantage: float = 0.0) -> Sample:
         """Rollout sample i for training: forced (reset) tokens are off its loss mask, and
-        all of it when truncated and the algorithm's `mask_truncated` is set."""
+        all of it when truncated and the algorithm's `mask_truncated` is set, or when its
+        reward is not finite (reported by `_score`; it is kept as 0.0, trains nothing)."""
         ids, lps = rollouts.completion_ids[i], rollouts.logprobs[i]
-        keep = not (self.algo.mask_truncated and truncated)
+        keep = not (self.algo.mask_truncated and truncated) and math.isfinite(reward)
+        reward = reward if math.isfinite(reward) else 0.0
         forced = rollouts.forced[i] if rollouts.forced else [False] * len(ids)
         return Sample(prompt_ids=rollouts.prompt_ids[rollouts.prompt_index[i]],
                       completion_ids=list(ids) or [self.tokenizer.eos_token_id],
@@ -260,7 +264,7 @@ class OnlineTrainer(EngineSetup, Trainer):
         out = {}
         for i, key in enumerate(keys):
             value, count = summed[i], summed[len(keys) + i]
-            if key == "reward_errors":
+            if key in ("reward_errors", "reward_nonfinite"):
                 out[key] = value
             elif count:
                 out[key] = value / count
@@ -331,12 +335,14 @@ class OnlineTrainer(EngineSetup, Trainer):
                     self._say(f"step {self.step + 1}: reward error on "
                               f"{prompts[rollouts.prompt_index[i]].where}: {error}")
         truncated = [r == "length" for r in rollouts.finish_reasons]
+        bad = self._non_finite_rewards(prompts, rollouts, result, info)
         info.add(result, rollouts, truncated, self.verifier_key)
         if not info.examples:   # a few samples per step, to read what the policy writes
             info.examples = [{"step": self.step + 1, "prompt": prompts[rollouts.prompt_index[i]]
                               .text[-120:], "completion": rollouts.texts[i],
-                              "reward": result.rewards[i]} for i in range(min(4, len(rollouts)))]
-        rewards = list(result.rewards)
+                              "reward": result.rewards[i] if i not in bad else None}
+                             for i in range(min(4, len(rollouts)))]
+        rewards = [math.nan if i in bad else r for i, r in enumerate(result.rewards)]
         if self.algo.overlong_cache:
             lengths = torch.tensor([len(c) for c in rollouts.completion_ids])
             penalty = overlong_penalty(lengths, self.recipe.rollout.max_new_tokens,
@@ -344,6 +350,27 @@ class OnlineTrainer(EngineSetup, Trainer):
             info.parts.setdefault("overlong_penalty", []).extend(penalty)
             rewards = [r + p for r, p in zip(rewards, penalty, strict=True)]
         return rewards, truncated
+
+    def _non_finite_rewards(self, prompts: list[PromptExample], rollouts: Rollouts, result,
+                            info: RoundStats) -> set[int]:
+        """Samples whose reward, or any part of it, is NaN or inf: each is named (prompt,
+        sample, scorer and value; on whichever process holds it), counted in
+        `reward_nonfinite`, and never trained on (NaN reward -> masked out)."""
+        bad: dict[int, list[str]] = {}
+        for key, values in [("reward", result.rewards), *result.parts.items()]:
+            for i, value in enumerate(values):
+                if not math.isfinite(value):
+                    bad.setdefault(i, []).append(f"{key}={value}")
+        for i, where in sorted(bad.items()):
+            info.nonfinite += 1
+            if info.nonfinite <= 8:   # a scorer broken on every sample: a few lines per step
+                prompt = rollouts.prompt_index[i]
+                sample = rollouts.prompt_index[:i].count(prompt)
+                rank = f"[rank {self.rank}] " if self.world > 1 else ""
+                print(f"{rank}step {self.step + 1}: non-finite reward on "
+                      f"{prompts[prompt].where}, sample {sample} of its prompt "
+                      f"({', '.join(where)}): not trained on", file=sys.stderr, flush=True)
+        return set(bad)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_loss(self) -> dict:

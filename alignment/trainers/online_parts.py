@@ -5,6 +5,7 @@ metrics of several updates (used by `alignment.trainers.online`)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,16 +47,19 @@ class RoundStats:
         self.lengths: list[int] = []
         self.truncated: list[bool] = []
         self.errors = 0
+        self.nonfinite = 0              # samples with a NaN/inf reward (left out below)
         self.examples: list[dict] = []
         self.groups = 0
         self.groups_with_signal = 0
 
     def add(self, result, rollouts: Rollouts, truncated: list[bool], verifier_key):
-        self.rewards.extend(result.rewards)
+        # non-finite values are counted apart (`nonfinite`): a mean over them would be NaN
+        finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731
+        self.rewards.extend(finite(result.rewards))
         for key, values in result.parts.items():
-            self.parts.setdefault(key, []).extend(values)
+            self.parts.setdefault(key, []).extend(finite(values))
         if verifier_key is not None:
-            self.correct.extend(float(v > 0) for v in result.parts[verifier_key])
+            self.correct.extend(float(v > 0) for v in finite(result.parts[verifier_key]))
         self.lengths.extend(len(c) for c in rollouts.completion_ids)
         self.truncated.extend(truncated)
 
@@ -64,7 +68,8 @@ class RoundStats:
         tally = lambda xs: (float(sum(xs)), float(len(xs)))  # noqa: E731
         out = {"reward": tally(self.rewards), "completion_length": tally(self.lengths),
                "truncated": tally([float(t) for t in self.truncated]),
-               "reward_errors": (float(self.errors), 1.0)}
+               "reward_errors": (float(self.errors), 1.0),
+               "reward_nonfinite": (float(self.nonfinite), 1.0)}
         out.update({f"rewards/{k}": tally(v) for k, v in self.parts.items()})
         if self.correct:
             out["accuracy"] = tally(self.correct)

@@ -37,10 +37,13 @@ class MasterWeightOptimizer:
             self.master = self.params
         self.optimizer = build_optimizer(groups, cfg)
         self.max_grad_norm = cfg.max_grad_norm
+        self.skipped = False   # the last step() was dropped for a non-finite gradient
 
     def step(self) -> float:
         """Clip (per parameter group), step, copy back; return the global grad norm before
-        clipping."""
+        clipping. A non-finite norm (an inf or NaN gradient anywhere) steps nothing: the
+        gradients are dropped and `skipped` is set, for the caller to count."""
+        self.skipped = False
         if self.low_precision:
             for m, p in zip(self.master, self.params, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
@@ -58,6 +61,10 @@ class MasterWeightOptimizer:
                 norms.append(torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(m.grad) for m in grads])))
         norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+        if not torch.isfinite(norm):   # (clipping may have made the gradients NaN)
+            self.zero_grad()
+            self.skipped = True
+            return float(norm)
         kill_point("step")   # (crash tests: gradients summed, weights not yet updated)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ rollout temperature, as the engine sampled them (so the engine/trainer gap is me
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 
@@ -33,7 +34,8 @@ def select_pairs(rewards: list[float], group_size: int, how: str = "best_worst",
     its highest- then its lowest-scored sample (the first of equals); `consecutive`:
     (0, 1), (2, 3), ... within each prompt, in sampling order (CoPG: no ranking needed).
     A pair whose two rewards are equal says nothing about which is better: dropped unless
-    `keep_ties`.
+    `keep_ties`. A sample with a non-finite reward is in no pair (best_worst ranks the
+    rest of its prompt's samples).
     """
     if how not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {how!r}")
@@ -44,11 +46,13 @@ def select_pairs(rewards: list[float], group_size: int, how: str = "best_worst",
     for start in range(0, len(rewards), group_size):
         idx = list(range(start, start + group_size))
         if how == "best_worst":
-            best = max(idx, key=lambda i: rewards[i])
-            worst = min(idx, key=lambda i: rewards[i])
-            candidates = [(best, worst)]
+            idx = [i for i in idx if math.isfinite(rewards[i])]
+            best = max(idx, key=lambda i: rewards[i], default=None)
+            worst = min(idx, key=lambda i: rewards[i], default=None)
+            candidates = [(best, worst)] if len(idx) >= 2 else []
         else:
-            candidates = list(zip(idx[0::2], idx[1::2], strict=False))
+            candidates = [(i, j) for i, j in zip(idx[0::2], idx[1::2], strict=False)
+                          if math.isfinite(rewards[i]) and math.isfinite(rewards[j])]
         for i, j in candidates:
             if rewards[i] == rewards[j] and not keep_ties:
                 ties += 1

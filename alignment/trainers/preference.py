@@ -6,7 +6,8 @@ or averaged over tokens; everything else (data, the reference, batching) lives h
 The reference policy π_ref is the model at initialisation (or `model.reference`). Its
 log-probs are either
   precompute  computed once for every train/eval pair before the first step (one batched
-              no-grad pass, cached in output_dir/reference_logps.pt for resumed runs);
+              no-grad pass, cached in output_dir/reference_logps.pt for resumed runs,
+              keyed by the tokenised pairs and the reference model's files);
   model       recomputed at every step by a frozen copy, or, with LoRA, by the same model
               with its adapters disabled (no second copy in memory).
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -178,8 +181,28 @@ class PreferenceTrainer(PairData, Trainer):
         return pair_logps(self.policy, batch, average=self.average_logps)
 
     def _reference_key(self) -> str:
-        d = self.recipe.data
-        parts = [self.model_path, self.recipe.model.reference, d.train, d.eval, d.train_limit,
-                 d.eval_limit, d.max_length, d.max_prompt_length, d.too_long, d.chat_template,
-                 d.system_prompt, self.average_logps, str(self.dtype)]
+        """What the cached tables depend on: the tokenised pairs themselves (so the data's
+        content, limits, lengths, chat template and tokenizer; not the file's path, which
+        may hold new rows next time), the reference model's files, dtype and averaging."""
+        digest = hashlib.sha256()
+        for pairs in (self.train_set, self.eval_set):
+            digest.update(f"{len(pairs)} pairs".encode())
+            for p in pairs:
+                for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
+                    digest.update(len(ids).to_bytes(8, "little"))
+                    digest.update(array("q", ids).tobytes())
+        reference = self.recipe.model.reference
+        model = resolve_model(reference) if reference is not None else self.model_path
+        parts = [digest.hexdigest(), _files_identity(model), self.average_logps,
+                 str(self.dtype)]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _files_identity(folder) -> list:
+    """A model folder's path and the name, size and modification time of each of its
+    weight and config files (hashing gigabytes of weights at every start would be slow;
+    rewriting a file changes its time)."""
+    path = Path(folder)
+    files = sorted(f for f in path.glob("*") if f.is_file() and f.suffix in (
+        ".safetensors", ".bin", ".json", ".pt")) if path.is_dir() else []
+    return [str(folder)] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
