@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill clean
 
 setup:
 	bash scripts/setup.sh
@@ -52,6 +52,11 @@ bench-rollout: setup
 # One DPO recipe on 1 process, 2 (DDP), ZeRO-2 and ZeRO-3: s/step, tokens/s.
 bench-scaling: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/scaling.py --json bench/scaling.json
+
+# SIGKILL DPO and GRPO runs at random moments and mid-step / mid-checkpoint / mid-sync,
+# resume, compare with uninterrupted runs (tiny models, ~3 min).
+bench-kill: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/kill_resume.py --kills 24 --json bench/kill_resume.json
 
 lint: setup
 	.venv/bin/ruff check alignment reward_models tests bench data

@@ -37,17 +37,19 @@ CLI = [sys.executable, "-m", "alignment", "train"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 WALL_CLOCK = ("seconds", "tokens_per_s", "time/")   # metric keys that differ run to run
 RTOL = 1e-6
+POINTS = ("step", "checkpoint", "sync")   # the kill points of alignment.faults
 
 
 @dataclass
 class Kill:
     """One SIGKILL. `how`: a kill point ("step", "checkpoint", "sync": the process kills
-    itself the `nth` time it passes there in this launch), "random" (the harness kills it
-    `delay` s after a step picked at random, with `at` in [0, 1), is logged), or "start"
-    (`delay` s after the launch: during start-up or the resume itself)."""
+    itself the `nth` time it passes there in this launch; nth 0: the pass at fraction `at`
+    of those left in the run), "random" (the harness kills it `delay` s after the step at
+    fraction `at` of those left is logged), or "start" (`delay` s after the launch: during
+    start-up or the resume itself)."""
 
     how: str
-    nth: int = 1
+    nth: int = 0
     at: float = 0.0
     delay: float = 0.0
 
@@ -105,9 +107,10 @@ def launch(recipe: Path, kill: Kill | None = None, step_seconds: float = 0.05,
     the step it resumed from and the end of its stderr."""
     out = Path(yaml.safe_load(recipe.read_text())["output_dir"])
     env = dict(ENV)
-    if kill and kill.how in ("step", "checkpoint", "sync"):
-        env["ALIGNMENT_KILL_AT"] = f"{kill.how}:{kill.nth}"
     start_step = latest_step(out)
+    if kill and kill.how in POINTS:
+        kill = Kill(kill.how, nth=kill.nth or _pick_pass(kill, recipe, start_step))
+        env["ALIGNMENT_KILL_AT"] = f"{kill.how}:{kill.nth}"
     with tempfile.TemporaryFile() as err:
         # own session: the kill reaches the run and anything it started, nothing else
         proc = subprocess.Popen(CLI + [str(recipe)], env=env, stdout=subprocess.DEVNULL,
@@ -123,6 +126,17 @@ def launch(recipe: Path, kill: Kill | None = None, step_seconds: float = 0.05,
         stderr = err.read().decode(errors="replace")
     return {"rc": rc, "killed": rc == -signal.SIGKILL, "from_step": start_step,
             "kill": asdict(kill) if kill else None, "stderr": stderr[-3000:]}
+
+
+def _pick_pass(kill: Kill, recipe: Path, start_step: int) -> int:
+    """The pass of a kill point at fraction `kill.at` of the passes left in the run."""
+    trainer = yaml.safe_load(recipe.read_text())["trainer"]
+    steps = range(start_step + 1, trainer["max_steps"] + 1)
+    if kill.how == "checkpoint":   # every save_every steps, and the final save
+        passes = sum(s % trainer["save_every"] == 0 for s in steps) + 1
+    else:                          # once per step
+        passes = len(steps)
+    return 1 + int(kill.at * passes)
 
 
 def _kill_later(proc: subprocess.Popen, out: Path, kill: Kill, start_step: int,
@@ -264,48 +278,64 @@ def reference_run(recipe: Path) -> tuple[Path, float]:
     return out, statistics.median(seconds)
 
 
-def plan(n_kills: int, seed: int) -> list[tuple[str, list[Kill]]]:
-    """Cases of 1-3 kills each, alternating DPO and GRPO, until `n_kills` kills: random
-    moments (most), then each kill point, and kills during start-up / resume."""
+def plan(n_kills: int, seed: int, first: int = 0) -> list[tuple[str, list[Kill]]]:
+    """Cases of 2-4 kills each, alternating DPO and GRPO (case numbers from `first`), until
+    `n_kills` kills: a random moment (2 in 5 or 6), a kill point, or during start-up."""
     rng = random.Random(seed)
     cases, count = [], 0
     while count < n_kills:
-        algorithm = "dpo" if len(cases) % 2 == 0 else "grpo"
-        points = ["step", "checkpoint"] + (["sync"] if algorithm == "grpo" else [])
+        algorithm = "dpo" if (first + len(cases)) % 2 == 0 else "grpo"
+        kinds = ["random", "random", "start", *POINTS[:3 if algorithm == "grpo" else 2]]
         kills = []
-        for _ in range(min(rng.randint(1, 3), n_kills - count)):
-            roll = rng.random()
-            if roll < 0.5:
+        for _ in range(min(rng.randint(2, 4), n_kills - count)):
+            how = rng.choice(kinds)
+            if how == "random":
                 kills.append(Kill("random", at=rng.random(), delay=rng.uniform(0, 2)))
-            elif roll < 0.9:
-                kills.append(Kill(rng.choice(points), nth=rng.randint(1, 2)))
-            else:
+            elif how == "start":
                 kills.append(Kill("start", delay=rng.uniform(1, 8)))
+            else:
+                kills.append(Kill(how, at=rng.random()))
         cases.append((algorithm, kills))
         count += len(kills)
     return cases
 
 
-def campaign(root: Path, cases: list[tuple[str, list[Kill]]], jobs: int = 2) -> dict:
-    """Reference runs, then every (algorithm, kills) case, `jobs` runs at a time."""
+def campaign(root: Path, n_kills: int, seed: int = 0, jobs: int = 2,
+             cases: list[tuple[str, list[Kill]]] | None = None) -> dict:
+    """Reference runs, then the `cases` (default: planned for `n_kills`), `jobs` runs at a
+    time; planned kills that came too late (the run had finished) are made up for by more
+    cases, up to three rounds."""
     files = setup(root)
-    algorithms = sorted({a for a, _ in cases})
-    recipes = {a: write_recipe(root, a, f"{a}-reference", files) for a in algorithms}
+    recipes = {a: write_recipe(root, a, f"{a}-reference", files) for a in ("dpo", "grpo")}
+    done: list[dict] = []
     with ThreadPoolExecutor(jobs) as pool:
         refs = dict(zip(recipes, pool.map(reference_run, recipes.values()), strict=True))
-        todo = [(write_recipe(root, a, f"{a}-case{i}", files), refs[a], kills)
-                for i, (a, kills) in enumerate(cases)]
-        # the random delays scale with the step time: a kill lands inside a step, a log
-        # write or a checkpoint save (kill-point kills need no timing)
-        cases = list(pool.map(lambda c: run_case(c[0], c[1][0], [_scaled(k, c[1][1])
-                                                                 for k in c[2]], c[1][1]),
-                              todo))
-    kills = sum(c.get("kills", 0) for c in cases)
-    return {"kills": kills, "survived": sum(c.get("survived", 0) for c in cases),
-            "lost_steps": sum(c.get("lost", 0) for c in cases),
-            "repeated_steps": sum(c.get("repeated", 0) for c in cases),
-            "max_rel_diff": max(c.get("max_rel_diff", 0.0) for c in cases),
-            "step_seconds": {a: refs[a][1] for a in refs}, "cases": cases}
+        todo = cases or plan(n_kills, seed)
+        for round_ in range(3):
+            batch = [(write_recipe(root, a, f"{a}-case{len(done) + i}", files), refs[a], kills)
+                     for i, (a, kills) in enumerate(todo)]
+            # random delays scale with the step time: a kill lands inside a step, a log
+            # write or a checkpoint save (kill-point kills need no timing)
+            done += pool.map(lambda c: run_case(c[0], c[1][0], [_scaled(k, c[1][1])
+                                                                for k in c[2]], c[1][1]),
+                             batch)
+            short = n_kills - _killed(done)
+            if cases or short <= 0:
+                break
+            todo = plan(short, seed + 1 + round_, first=len(done))
+    killed = [x for c in done for x in c["launches"] if x["killed"]]
+    kinds = sorted({x["kill"]["how"] for x in killed})
+    return {"kills": len(killed), "survived": sum(c.get("survived", 0) for c in done),
+            "by_kind": {k: sum(x["kill"]["how"] == k for x in killed) for k in kinds},
+            "in_resumed_launches": sum(x["from_step"] > 0 for x in killed),
+            "lost_steps": sum(c.get("lost", 0) for c in done),
+            "repeated_steps": sum(c.get("repeated", 0) for c in done),
+            "max_rel_diff": max(c.get("max_rel_diff", 0.0) for c in done),
+            "step_seconds": {a: refs[a][1] for a in refs}, "cases": done}
+
+
+def _killed(cases: list[dict]) -> int:
+    return sum(x["killed"] for c in cases for x in c["launches"])
 
 
 def _scaled(kill: Kill, step_seconds: float) -> Kill:
@@ -319,6 +349,14 @@ def summary_line(result: dict) -> str:
             f"{result['lost_steps']}, repeated steps {result['repeated_steps']}")
 
 
+def _describe(launch: dict) -> str:
+    """e.g. "checkpoint:2 from step 6": the kill, and the step its launch resumed from."""
+    kill = launch["kill"]
+    name = f"{kill['how']}:{kill['nth']}" if kill["how"] in POINTS else kill["how"]
+    return f"{name} from step {launch['from_step']}" + ("" if launch["killed"]
+                                                         else " (finished first)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=24)
@@ -329,16 +367,14 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kill-resume-") as tmp:
-        result = campaign(Path(args.workdir or tmp), plan(args.kills, args.seed), args.jobs)
+        result = campaign(Path(args.workdir or tmp), args.kills, args.seed, args.jobs)
     result["seconds"] = round(time.perf_counter() - start, 1)
     for case in result["cases"]:
-        kinds = ", ".join(f"{x['kill']['how']}" + (f":{x['kill']['nth']}"
-                                                   if x["kill"]["how"] in ("step", "checkpoint",
-                                                                           "sync") else "")
-                          + f"@{x['from_step']}{'' if x['killed'] else ' (finished first)'}"
-                          for x in case["launches"] if x["kill"])
-        print(f"{Path(case['recipe']).stem:<12} {'ok ' if case['ok'] else 'BAD'} {kinds}"
+        print(f"{Path(case['recipe']).stem:<12} {'ok ' if case['ok'] else 'BAD'} "
+              + ", ".join(_describe(x) for x in case["launches"] if x["kill"])
               + ("" if case["ok"] else f"  {case.get('error', '')} {case.get('problems')}"))
+    print(f"kills by kind {result['by_kind']}, {result['in_resumed_launches']} of them in "
+          f"launches that had resumed from a checkpoint")
     print(f"{summary_line(result)} ({result['seconds']} s, max relative difference "
           f"{result['max_rel_diff']:.3g})")
     if args.json:

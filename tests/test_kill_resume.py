@@ -32,7 +32,7 @@ SHORT_CAMPAIGN = [("dpo", [K("checkpoint", nth=2), K("random", at=0.5, delay=1.0
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    return root, kr.campaign(root, SHORT_CAMPAIGN)
+    return root, kr.campaign(root, 0, cases=SHORT_CAMPAIGN)
 
 
 def test_short_campaign_survives_every_kill(campaign):
