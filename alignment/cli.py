@@ -178,6 +178,10 @@ def _eval(args) -> int:
         if value <= 0:
             print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
             return EXIT_USAGE
+    problem = args.output and _output_problem(args.output)
+    if problem:
+        print(f"error: --output '{args.output}' {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.reward_model:
         return _eval_reward_model(args)
     settings = EvalSettings(limit=args.n, max_new_tokens=args.max_new_tokens,
@@ -251,6 +255,10 @@ def _generate(args) -> int:
             return EXIT_USAGE
     if args.limit is not None and args.limit <= 0:
         print(f"error: --limit must be positive, got {args.limit}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _output_problem(args.output)
+    if problem:
+        print(f"error: --output '{args.output}' {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,

@@ -16,6 +16,7 @@ without a network and without a local copy the error says so in one line.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -47,11 +48,12 @@ def resolve_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir() and not (path / "config.json").is_file() and \
             (path / "final" / "config.json").is_file():
-        return str(path / "final")  # a training output dir: its exported model
+        path = path / "final"   # a training output dir: its exported model
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"'{name}' is a folder but has no config.json: not a "
                                      "Hugging Face model folder")
+        _check_model_folder(path)
         return str(path)
     if path.suffix or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(f"model '{name}' not found: not a bundled name "
@@ -181,10 +183,33 @@ def _cpu_has_native_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def _check_model_folder(path: Path) -> None:
+    """A local model folder's config parses and weights are there (else transformers stops
+    deep inside with a traceback)."""
+    config = path / "config.json"
+    try:
+        value = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:   # ValueError: bad JSON or not UTF-8
+        raise ModelNotFoundError(f"{config}: not a valid JSON config ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelNotFoundError(f"{config}: expected a JSON object, got "
+                                 f"{type(value).__name__}")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelNotFoundError(f"{path}: no weights (*.safetensors or *.bin) next to its "
+                                 "config.json")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:   # missing or broken tokenizer files
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(f"{path}: cannot load its tokenizer ({reason})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

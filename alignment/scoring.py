@@ -24,6 +24,8 @@ def score_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size:
                prompt_column: str = "prompt", completion_column: str = "completion",
                progress: bool = False) -> dict:
     src = Path(input_path)
+    if src.is_dir():
+        raise DataError(f"{src}: a folder, not a jsonl file")
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such file")
     out = Path(output_path)

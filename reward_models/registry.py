@@ -267,6 +267,9 @@ def _import(path: str) -> Any:
     except ImportError as exc:
         raise ValueError(f"scorer '{path}': cannot import module '{module_name}' ({exc})") \
             from None
+    except Exception as exc:  # noqa: BLE001 - the user's module fails as it loads
+        raise ValueError(f"scorer '{path}': importing module '{module_name}' failed: "
+                         f"{type(exc).__name__}: {exc}") from None
     try:
         return getattr(module, attr)
     except AttributeError:

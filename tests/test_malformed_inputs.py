@@ -42,10 +42,12 @@ class Case:
 CASES: list[Case] = []
 
 
-def recipe(id_: str, text: str | bytes, *expect: str, overrides=(), files=None) -> None:
+def recipe(id_: str, text: str | bytes, *expect: str, overrides=(), files=None,
+           setup=None) -> None:
     """`alignment check` on a recipe file; every message names the file."""
     CASES.append(Case(f"recipe-{id_}", ["check", "@TMP@/recipe.yaml", *overrides],
-                      ("@TMP@/recipe.yaml", *expect), {"recipe.yaml": text, **(files or {})}))
+                      ("@TMP@/recipe.yaml", *expect), {"recipe.yaml": text, **(files or {})},
+                      setup))
 
 
 def data(id_: str, name: str, content: str | bytes, *expect: str) -> None:
@@ -104,6 +106,10 @@ recipe("key-in-wrong-section", DPO + "trainer:\n  beta: 0.2\n",
        "unknown key 'trainer.beta' — did you mean 'dpo.beta'?")
 recipe("unknown-top-key", DPO + "zzz: 1\n", "unknown key 'zzz' (allowed in 'the top level':")
 recipe("non-string-key", DPO + "1: x\n", "unknown key '1'")
+recipe("dotted-key-in-file", DPO + "trainer.lr: 1.0e-5\n",
+       "key 'trainer.lr' is written with dots: in a recipe file nest it (trainer: {lr: ...})")
+recipe("dotted-key-in-section", DPO + "model:\n  lora.r: 8\n",
+       "key 'model.lora.r' is written with dots: in a recipe file nest it (lora: {r: ...})")
 recipe("unknown-lora-key", DPO + "model:\n  lora:\n    rank: 8\n",
        "unknown key 'model.lora.rank' (allowed in 'model.lora': r, alpha, dropout")
 recipe("missing-algorithm", "model:\n  name: x\n",
@@ -268,6 +274,13 @@ recipe("dotted-scorer-no-module", GRPO + "rewards: [{name: 'no_such_pkg.rewards:
 recipe("dotted-scorer-no-attribute", GRPO + "rewards: [{name: 'reward_models.verifiers:Nope'}]\n",
        "rewards[0]: scorer 'reward_models.verifiers:Nope': module 'reward_models.verifiers' "
        "has no 'Nope'")
+recipe("scorer-module-does-not-compile",
+       GRPO + "rewards: [{name: 'malformed_case_broken:fn'}]\n",
+       "rewards[0]: scorer 'malformed_case_broken:fn': importing module 'malformed_case_broken' "
+       "failed: SyntaxError", "malformed_case_broken.py, line 1",
+       setup=lambda tmp, ctx, mp: (
+           (tmp / "malformed_case_broken.py").write_text("def fn(:\n    pass\n"),
+           mp.syspath_prepend(str(tmp))))
 recipe("function-scorer-with-options",
        GRPO + "rewards: [{name: 'reward_models.exact_answer:is_correct', cutoff: 1}]\n",
        "rewards[0]: scorer 'reward_models.exact_answer:is_correct' is a function and takes no "
@@ -429,6 +442,25 @@ cli("eval-model-missing", ["eval", "--model", "@TMP@/no/model", "--data", str(PR
 cli("eval-model-folder-without-config", ["eval", "--model", "@TMP@/m", "--data", str(PROMPTS),
                                          "--n", "2"],
     "'@TMP@/m' is a folder but has no config.json", files={"m/readme.txt": "x"})
+cli("eval-model-config-not-json", ["eval", "--model", "@TMP@/m", "--data", str(PROMPTS),
+                                   "--n", "2"], "@TMP@/m/config.json: not a valid JSON config",
+    files={"m/config.json": "{not json", "m/model.safetensors": "x"})
+cli("eval-model-config-not-utf8", ["eval", "--model", "@TMP@/m", "--data", str(PROMPTS),
+                                   "--n", "2"], "@TMP@/m/config.json: not a valid JSON config",
+    files={"m/config.json": b'{"a": "\xff"}', "m/model.safetensors": "x"})
+cli("eval-model-without-weights", ["eval", "--model", "@TMP@/m", "--data", str(PROMPTS),
+                                   "--n", "2"],
+    "@TMP@/m: no weights (*.safetensors or *.bin) next to its config.json",
+    files={"m/config.json": "{}"})
+cli("eval-model-without-tokenizer", ["eval", "--model", "@TMP@/m", "--data", str(PROMPTS),
+                                     "--n", "2"], "@TMP@/m: cannot load its tokenizer",
+    setup=lambda tmp, ctx, mp: [
+        (tmp / "m").mkdir(),
+        *[(tmp / "m" / f).write_bytes((Path(ctx["@TINY@"]) / f).read_bytes())
+          for f in ("config.json", "model.safetensors")]])
+cli("eval-output-is-a-folder", ["eval", "--model", "@TINY@", "--data", str(PROMPTS),
+                                "--output", "@TMP@/o"],
+    "--output '@TMP@/o' is a folder; give a file name", files={"o/keep.txt": "x"})
 cli("eval-reward-model-missing", ["eval", "--reward-model", "@TMP@/no/rm", "--data", str(PAIRS)],
     "model '@TMP@/no/rm' not found")
 cli("eval-reward-model-is-causal-lm", ["eval", "--reward-model", "@TINY@", "--data", str(PAIRS)],
@@ -486,6 +518,9 @@ cli("score-output-under-a-file", ["score", "--scorer", "exact_answer", "--input"
     "--output '@TMP@/in.jsonl/out.jsonl' cannot be created: '@TMP@/in.jsonl' is a file, not a "
     "folder",
     files={"in.jsonl": jsonl(GOOD_ROW)})
+cli("score-input-is-a-folder", ["score", "--scorer", "exact_answer", "--input", "@TMP@/in",
+                               "--output", "@TMP@/out.jsonl"],
+    "@TMP@/in: a folder, not a jsonl file", files={"in/rows.jsonl": jsonl(GOOD_ROW)})
 cli("score-reward-model-missing", ["score", "--reward-model", "@TMP@/no/rm", "--input",
                                    "@TMP@/in.jsonl", "--output", "@TMP@/out.jsonl"],
     "model '@TMP@/no/rm' not found", files={"in.jsonl": jsonl(GOOD_ROW)})
@@ -515,6 +550,13 @@ cli("generate-model-missing", ["generate", "--model", "@TMP@/nope", "--data", st
 cli("generate-data-missing", ["generate", "--model", "@TINY@", "--data", "@TMP@/none.jsonl",
                               "--output", "@TMP@/bo.jsonl", "--scorer", "exact_answer"],
     "@TMP@/none.jsonl: no such file or folder")
+cli("generate-output-is-a-folder", ["generate", "--model", "@TINY@", "--data", str(PROMPTS),
+                                    "--output", "@TMP@/o", "--scorer", "exact_answer"],
+    "--output '@TMP@/o' is a folder; give a file name", files={"o/keep.txt": "x"})
+cli("generate-output-under-a-file", ["generate", "--model", "@TINY@", "--data", str(PROMPTS),
+                                     "--output", "@TMP@/f/out.jsonl", "--scorer",
+                                     "exact_answer"],
+    "--output '@TMP@/f/out.jsonl' cannot be created: '@TMP@/f' is a file", files={"f": "x"})
 cli("model-unknown-name", ["model", "smollm9-1b"], "model 'smollm9-1b' not found")
 
 # ====================================================================== mid-training errors
@@ -583,6 +625,9 @@ train("drpo-no-reset-column",
           "drpo: {prompts_per_step: 2, samples_per_prompt: 2}"),
       "@TMP@/prompts.jsonl line 1: no reference response in column 'completion' "
       "(drpo.reset_column)", files=PROMPT_ROWS)
+train("model-folder-without-weights", TRAIN_DPO.replace("'@TINY@'", "'@TMP@/m'"),
+      "@TMP@/m: no weights (*.safetensors or *.bin) next to its config.json",
+      files={"pairs.jsonl": jsonl(GOOD_PAIR, GOOD_PAIR), "m/config.json": "{}"})
 train("model-name-not-found", TRAIN_DPO.replace("'@TINY@'", "'@TMP@/no/model'"),
       "model '@TMP@/no/model' not found", files={"pairs.jsonl": jsonl(GOOD_PAIR, GOOD_PAIR)})
 

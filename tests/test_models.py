@@ -83,7 +83,13 @@ def test_local_folder_and_errors(tmp_path, monkeypatch):
     (tmp_path / "m").mkdir()
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         resolve_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ModelNotFoundError, match="config.json: not a valid JSON config"):
+        resolve_model(str(tmp_path / "m"))
     (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="no weights"):
+        resolve_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
     assert resolve_model(str(tmp_path / "m")) == str(tmp_path / "m")
     with pytest.raises(ModelNotFoundError, match="not a bundled name"):
         resolve_model("./no/such/model")
@@ -119,6 +125,7 @@ def test_tiny_model_has_bundled_tokenizer(tiny_model_dir, tokenizer):
 def test_training_output_dir_resolves_to_its_final_model(tmp_path):
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "config.json").write_text("{}")
+    (tmp_path / "final" / "model.safetensors").write_bytes(b"")
     assert resolve_model(str(tmp_path)) == str(tmp_path / "final")
 
 

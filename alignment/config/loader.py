@@ -240,7 +240,12 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
-        if not isinstance(key, str) or key not in names:
+        if isinstance(key, str) and "." in key and prefix + key in all_keys():
+            section, _, leaf = key.rpartition(".")
+            problems.append(f"key '{prefix + key}' is written with dots: in a recipe file "
+                            f"nest it ({section}: {{{leaf}: ...}}); dotted keys are for "
+                            "key=value overrides")
+        elif not isinstance(key, str) or key not in names:
             problems.append(_unknown_key_message(prefix + str(key)))
     kwargs = {}
     for f in dataclasses.fields(cls):
