@@ -93,6 +93,8 @@ recipe("duplicate-key", "algorithm: dpo\ntrainer:\n  lr: 1.0e-5\n  lr: 2.0e-5\n"
        "duplicate key 'trainer.lr'", "line 4", "first at line 3")
 recipe("duplicate-section", "algorithm: dpo\ntrainer: {lr: 1.0e-5}\ntrainer: {epochs: 2}\n",
        "duplicate key 'trainer'", "line 3")
+recipe("recursive-alias", DPO + "model:\n  lora:\n    target_modules: &x [q_proj, *x]\n",
+       "model.lora.target_modules: a YAML alias refers to a list or mapping that contains it")
 CASES.append(Case("recipe-missing-file", ["check", "@TMP@/nope.yaml"],
                   ("recipe file '@TMP@/nope.yaml' does not exist",)))
 CASES.append(Case("recipe-is-a-folder", ["check", "@TMP@/folder"],

@@ -79,12 +79,17 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
 
 
-def _duplicate_keys(node: Any, prefix: str = "") -> list[str]:
-    """YAML keeps the last of two equal keys silently; a recipe says each key once."""
+def _duplicate_keys(node: Any, prefix: str = "", path: frozenset = frozenset()) -> list[str]:
+    """YAML keeps the last of two equal keys silently; a recipe says each key once. (Also
+    refuses an anchor used inside itself, which would make the recipe infinitely deep.)"""
+    if id(node) in path:
+        return [f"{prefix.rstrip('.') or 'the recipe'}: a YAML alias refers to a list or "
+                f"mapping that contains it (line {node.start_mark.line + 1})"]
+    path = path | {id(node)}
     problems: list[str] = []
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            problems += _duplicate_keys(item, prefix)
+            problems += _duplicate_keys(item, prefix, path)
     if not isinstance(node, yaml.MappingNode):
         return problems
     seen: dict[str, int] = {}
@@ -95,7 +100,7 @@ def _duplicate_keys(node: Any, prefix: str = "") -> list[str]:
             problems.append(f"duplicate key '{key}' at line {line} (first at line "
                             f"{seen[key]}): give each key once")
         seen.setdefault(key, line)
-        problems += _duplicate_keys(value_node, key + ".")
+        problems += _duplicate_keys(value_node, key + ".", path)
     return problems
 
 
