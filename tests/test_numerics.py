@@ -380,3 +380,115 @@ def test_the_online_loop_stops_on_an_engine_one_step_stale(tmp_path, bundled_mod
     with pytest.raises(StaleWeightsError, match="the new weights did not arrive"):
         steps(stale, 2)
     assert stale.engine.syncs == 1 and stale.step == 0   # stopped at the first sync
+
+
+DEEPSPEED_SCRIPT = '''
+import json, math, sys
+import torch
+from alignment.config import recipe_from_dict
+from alignment.trainers.dpo import DPOTrainer
+
+model, pairs, out = sys.argv[1:4]
+
+class Recording(DPOTrainer):
+    def update(self, batches):
+        metrics = super().update(batches)
+        self.after.append([p.detach().clone() for p in self.model.parameters()])
+        return metrics
+
+trainer = Recording(recipe_from_dict({
+    "algorithm": "dpo", "output_dir": out, "model": {"name": model, "dtype": "float32"},
+    "data": {"train": pairs, "eval": None},
+    "trainer": {"batch_size": 2, "grad_accum": 2, "max_steps": 3, "lr": 1e-3,
+                "save_every": None},
+    "eval": {"before_after": False},
+    "logging": {"tensorboard": False, "progress_bar": False}}))
+trainer.after = [[p.detach().clone() for p in trainer.model.parameters()]]
+param = next(p for p in trainer.model.parameters() if p.requires_grad)
+calls = [0]
+
+def hook(grad):   # inf in rank 0's 2nd micro-batch of step 2
+    step, micro = divmod(calls[0], 2)
+    calls[0] += 1
+    if step == 1 and micro == 1 and trainer.rank == 0:
+        grad = grad.clone()
+        grad.view(-1)[0] = math.inf
+    return grad
+
+param.register_hook(hook)
+trainer.train()
+same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+print("RESULT " + json.dumps({
+    "rank": trainer.rank, "zero": trainer.zero_stage,
+    "skipped": getattr(trainer, "skipped_steps", 0),
+    "step_2_unchanged": same(trainer.after[1], trainer.after[2]),
+    "steps_1_3_changed": not same(trainer.after[0], trainer.after[1])
+                         and not same(trainer.after[2], trainer.after[3]),
+    "finite": all(torch.isfinite(p).all() for p in trainer.after[3])}), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_an_inf_gradient_under_deepspeed_zero2_skips_the_step(tmp_path, tiny_model_dir,
+                                                              pairs_file):
+    """ZeRO-2 on 2 CPU processes: DeepSpeed's optimizer drops the step itself (its
+    overflow check), the trainer reads `was_step_applied()` and counts it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "zero2.yaml"
+    config.write_text((ROOT / "launch/deepspeed_zero2.yaml").read_text())
+    script = tmp_path / "poisoned.py"
+    script.write_text(DEEPSPEED_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+         "--num_processes", "2", "--main_process_port", str(port), str(script),
+         tiny_model_dir, str(pairs_file), str(tmp_path / "run")],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+        timeout=400, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in out.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert len(results) == 2
+    for r in results:   # both processes skipped the same step: the weights stay replicated
+        assert r["zero"] == 2 and r["skipped"] == 1 and r["step_2_unchanged"]
+        assert r["steps_1_3_changed"] and r["finite"]
+    assert "step 2: non-finite gradient" in out.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.bundled
+def test_a_vllm_engine_one_step_stale_in_bf16_is_caught(bundled_model_dir, tokenizer):
+    """The same with a real vLLM engine (its own kernels and bf16 weights): synced steps
+    pass, a sync that is skipped once is caught."""
+    pytest.importorskip("vllm")
+    from alignment.config.schema import TrainerConfig
+    from alignment.models import load_causal_lm
+    from alignment.rollout.sync_check import StaleWeightsError
+    from alignment.rollout.vllm_engine import VLLMEngine
+    from alignment.trainers.optim import MasterWeightOptimizer
+
+    policy = load_causal_lm(bundled_model_dir, torch.bfloat16)
+    engine = VLLMEngine(bundled_model_dir, tokenizer, dtype="bfloat16", max_model_len=256)
+    engine.sync_weights(policy)                          # as `make_engine` does
+    optim = MasterWeightOptimizer(list(policy.parameters()), TrainerConfig(lr=1e-6))
+    seen = []
+    for _ in range(3):
+        lm_step(policy, optim, tokenizer)
+        engine.sync_weights(policy)                      # no false alarm across kernels
+        seen.append((engine.last_probe_gap, *engine.sync_check.last_moves))
+    lm_step(policy, optim, tokenizer)
+    with pytest.raises(StaleWeightsError, match="the new weights did not arrive"):
+        engine.verify(policy)
+    seen.append((engine.last_probe_gap, *engine.sync_check.last_moves))
+    print("vLLM bf16 (gap, trainer moved, engine moved) per sync, the last stale:",
+          [tuple(round(x, 4) for x in row) for row in seen])
+    assert seen[-1][2] == 0.0                            # a stale engine: exactly unmoved
+    assert engine.last_probe_gap < engine.probe_tolerance   # the gap alone would pass it
+    engine.sync_weights(policy)

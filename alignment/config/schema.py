@@ -33,7 +33,8 @@ class ModelConfig:
                       "folder, or a Hugging Face id already in the local cache")
     dtype: Literal["auto", "bfloat16", "float32", "float16", "float64"] = param(
         "auto", "weights/compute dtype; auto = bfloat16 where the hardware supports it "
-        "(trainable weights keep an fp32 master copy); float64 for numerical checks")
+        "(trainable weights keep an fp32 master copy), else float32; float16 only under "
+        "DeepSpeed (its loss scaler), refused otherwise; float64 for numerical checks")
     reference: str | None = param(None, "reference policy π_ref (e.g. an SFT model) for "
                                   "preference losses and KL terms; null = the initial policy")
     gradient_checkpointing: bool = param(False, "trade compute for activation memory")
@@ -86,8 +87,8 @@ class TrainerConfig:
     save_every: int | None = param(50, "checkpoint every N steps; null = only at the end",
                                    gt=0)
     keep_checkpoints: int = param(2, "checkpoints kept on disk (oldest removed)", ge=1)
-    max_nan_steps: int = param(3, "stop after this many non-finite losses in a row (each "
-                               "such step is skipped and counted)", ge=1)
+    max_nan_steps: int = param(3, "stop after this many non-finite losses or gradient "
+                               "norms in a row (each such step is skipped and counted)", ge=1)
     resume_ignore_changes: bool = param(
         False, "resume even when the recipe differs from the checkpoint's recipe.yaml (the "
         "differences are printed); false = stop and list them. Keys that may always change "

@@ -49,6 +49,7 @@ class SyncCheck:
         self.probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
         self.tolerance = tolerance
         self.last_gap: float | None = None
+        self.last_moves: tuple[float, float] | None = None   # (moved, followed): see above
         self._synced: tuple[torch.Tensor, torch.Tensor] | None = None   # (engine, trainer)
 
     @torch.no_grad()
@@ -77,6 +78,7 @@ class SyncCheck:
         elif self._synced is not None:
             old_engine, old_trainer = self._synced
             moved, followed = mean(trainer - old_trainer), mean(engine - old_engine)
+            self.last_moves = (moved, followed)
             if moved > self.tolerance and mean(engine - old_trainer) < gap:
                 problem = (f"are closer to the previous sync's weights than to the new ones "
                            f"(gap {gap:.3f} nats per token)")
