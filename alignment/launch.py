@@ -25,9 +25,11 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignment.config import ConfigError, Recipe
 from alignment.config.schema import CRITIC
+from alignment.errors import not_utf8
 
 CPU_DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
 SUPPORTED = (*CPU_DATA_PARALLEL, "DEEPSPEED")
@@ -66,9 +68,14 @@ def read_accelerate_config(path: str | None) -> dict:
         return {}
     import yaml
 
+    if os.path.isdir(path):
+        raise ConfigError([f"launch.config_file: {path} is a folder, not an Accelerate "
+                           "config file (e.g. launch/multi_gpu.yaml)"])
+    data = Path(path).read_bytes()
     try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = yaml.safe_load(data.decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"launch.config_file: {path} is {not_utf8(data, exc)}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"launch.config_file: {path} is not valid YAML: {exc}"]) from None
     if not isinstance(loaded, dict):

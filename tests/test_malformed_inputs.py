@@ -630,6 +630,29 @@ train("drpo-no-reset-column",
 train("model-folder-without-weights", TRAIN_DPO.replace("'@TINY@'", "'@TMP@/m'"),
       "@TMP@/m: no weights (*.safetensors or *.bin) next to its config.json",
       files={"pairs.jsonl": jsonl(GOOD_PAIR, GOOD_PAIR), "m/config.json": "{}"})
+train("launch-config-not-utf8", DPO + "launch: {config_file: accelerate.yaml}\n",
+      "launch.config_file: @TMP@/accelerate.yaml is not valid UTF-8 text (byte 0xe9 at line 1",
+      files={"accelerate.yaml": b"# r\xe9sum\xe9\ndistributed_type: MULTI_GPU\n"})
+train("launch-config-not-yaml", DPO + "launch: {config_file: accelerate.yaml}\n",
+      "launch.config_file: @TMP@/accelerate.yaml is not valid YAML",
+      files={"accelerate.yaml": "distributed_type: [MULTI_GPU\n"})
+train("launch-config-is-a-folder", DPO + "launch: {config_file: acc_dir}\n",
+      "launch.config_file: @TMP@/acc_dir is a folder, not an Accelerate config file",
+      files={"acc_dir/x.yaml": "a: 1\n"})
+train("launch-config-is-a-list", DPO + "launch: {config_file: accelerate.yaml}\n",
+      "launch.config_file: @TMP@/accelerate.yaml is not an Accelerate config mapping",
+      files={"accelerate.yaml": "- a\n- b\n"})
+train("spin-data-without-completions",
+      TRAIN_DPO.replace("algorithm: dpo", "algorithm: spin").replace(
+          "trainer: {batch_size: 2, max_steps: 2, save_every: null}",
+          "trainer: {batch_size: 2, save_every: null}\nspin: {iterations: 1}\n"
+          "rollout: {backend: hf, max_new_tokens: 4}"),
+      "@TMP@/pairs.jsonl: SFT data needs a 'messages' column or 'prompt' and 'completion' "
+      "columns (found: answer, prompt)", files={"pairs.jsonl": jsonl(GOOD_ROW, GOOD_ROW)})
+train("reward-model-pairs-missing-chosen",
+      TRAIN_DPO.replace("algorithm: dpo", "algorithm: reward_model"),
+      "@TMP@/pairs.jsonl: missing columns 'chosen', 'rejected' (found: answer, prompt)",
+      files={"pairs.jsonl": jsonl(GOOD_ROW, GOOD_ROW)})
 train("model-name-not-found", TRAIN_DPO.replace("'@TINY@'", "'@TMP@/no/model'"),
       "model '@TMP@/no/model' not found", files={"pairs.jsonl": jsonl(GOOD_PAIR, GOOD_PAIR)})
 
