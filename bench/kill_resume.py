@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -69,7 +71,7 @@ def setup(root: Path) -> dict[str, str]:
 
 
 def write_recipe(root: Path, algorithm: str, name: str, files: dict[str, str],
-                 max_steps: int | None = None) -> Path:
+                 max_steps: int | None = None, processes: int = 1) -> Path:
     """DPO: LoRA with dropout (so that the resumed run needs the saved torch RNG state),
     12 steps over 2 epochs of 8, warm-up then linear decay, eval every 4, a checkpoint
     every 3. GRPO (HF engine): 8 steps, 2 prompts x 4 samples, a checkpoint
@@ -95,6 +97,8 @@ def write_recipe(root: Path, algorithm: str, name: str, files: dict[str, str],
                   "rewards": [{"name": "regex", "pattern": "^ "}]}
     if max_steps:
         recipe["trainer"]["max_steps"] = max_steps
+    if processes > 1:   # DDP on CPU (torchrun + gloo, started by `alignment train`)
+        recipe["launch"] = {"num_processes": processes, "main_process_port": free_port()}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**recipe, **common}))
     return path
@@ -104,7 +108,9 @@ def write_recipe(root: Path, algorithm: str, name: str, files: dict[str, str],
 def launch(recipe: Path, kill: Kill | None = None, step_seconds: float = 0.05,
            timeout: float = 300) -> dict:
     """Run the recipe once, SIGKILLed as `kill` says. Returns rc, whether it was killed,
-    the step it resumed from and the end of its stderr."""
+    the step it resumed from and the end of its stderr. Runs of several processes take
+    kill points only (torchrun's workers have sessions of their own: the harness's kill
+    would not reach them)."""
     out = Path(yaml.safe_load(recipe.read_text())["output_dir"])
     env = dict(ENV)
     start_step = latest_step(out)
@@ -124,7 +130,10 @@ def launch(recipe: Path, kill: Kill | None = None, step_seconds: float = 0.05,
             rc = proc.wait()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    return {"rc": rc, "killed": rc == -signal.SIGKILL, "from_step": start_step,
+    # (several processes: a rank's SIGKILL makes the launcher exit 1 and report it)
+    killed = rc == -signal.SIGKILL or (rc != 0 and re.search(r"exitcode\s*:\s*-9\b", stderr)
+                                       is not None)
+    return {"rc": rc, "killed": killed, "from_step": start_step,
             "kill": asdict(kill) if kill else None, "stderr": stderr[-3000:]}
 
 
@@ -151,6 +160,12 @@ def _kill_later(proc: subprocess.Popen, out: Path, kill: Kill, start_step: int,
         time.sleep(0.001)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def latest_step(out: Path) -> int:

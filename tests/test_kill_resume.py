@@ -1,6 +1,7 @@
 """Kill anywhere, resume exactly: a short SIGKILL campaign on DPO and GRPO (the long one is
 `bench/kill_resume.py`), the checks it relies on, hidden leftovers of killed saves, a
-resume refused when the recipe changed, and a SIGKILLed ZeRO-2 run resumed."""
+resume refused when the recipe changed, and (slow) SIGKILLed 2-process DDP and ZeRO-2 runs
+resumed."""
 
 from __future__ import annotations
 
@@ -132,6 +133,21 @@ def test_recipe_changes_ignore_only_the_keys_that_may_change():
     # a key the checkpoint's version did not have
     assert checkpoint.recipe_changes("algorithm: dpo\n", "algorithm: dpo\nnew_key: 1\n") == [
         "new_key: <absent> -> 1"]
+
+
+@pytest.mark.slow   # 3 two-process runs, ~60 s
+def test_sigkilled_two_process_run_with_dropout_resumes_exactly(campaign, tmp_path):
+    """Each process's own RNG state comes back: LoRA dropout draws differ by rank (their
+    batches differ), so restoring rank 0's state on both would change the curve."""
+    root, _ = campaign
+    files = {"model": str(root / "policy"), "pairs": str(root / "pairs.jsonl")}
+    straight = kr.write_recipe(tmp_path, "dpo", "straight", files, processes=2)
+    assert kr.launch(straight)["rc"] == 0
+    killed = kr.write_recipe(tmp_path, "dpo", "killed", files, processes=2)
+    result = kr.run_case(killed, tmp_path / "straight", [K("step", nth=5)], 0.1)
+    assert result["ok"] and result["kills"] == 1, result
+    assert [x["from_step"] for x in result["launches"]] == [0, 3]
+    assert result["max_rel_diff"] == 0.0
 
 
 @pytest.mark.slow   # ~3 DeepSpeed starts of ~25 s

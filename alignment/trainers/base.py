@@ -366,14 +366,25 @@ class Trainer(abc.ABC):
     def save_checkpoint(self, history: list[dict]) -> None:
         if self.zero_stage:
             return self._save_deepspeed_checkpoint(history)
+        rng_states = self._rng_states()   # (collective)
         if self.is_main:
             checkpoint.save_checkpoint(
                 self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
                 extra_models=self.extra_models(),
                 trainer_state=self._trainer_state(history), optimizer_state=self.optim.state_dict(),
-                scheduler_state=self.scheduler.state_dict(),
+                scheduler_state=self.scheduler.state_dict(), rng_states=rng_states,
                 recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+
+    def _rng_states(self) -> list[dict]:
+        """Every process's RNG states, in rank order (a collective): their streams part
+        as soon as they draw different amounts (e.g. dropout on batches of other sizes)."""
+        states = [None] * self.world
+        if self.world == 1:
+            states[0] = checkpoint.rng_state()
+        else:
+            torch.distributed.all_gather_object(states, checkpoint.rng_state())
+        return states
 
     def _trainer_state(self, history: list[dict]) -> dict:
         return {"step": self.step, "total_steps": self.total_steps,
@@ -394,6 +405,7 @@ class Trainer(abc.ABC):
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp / "deepspeed"))             # collective
         weights = self.accelerator.get_state_dict(self.model)           # collective (ZeRO-3)
+        rng_states = self._rng_states()                                 # collective
         if self.is_main:
             self.policy.save_pretrained(tmp / "model",
                                         state_dict=self._module_state(weights, "policy"))
@@ -403,7 +415,8 @@ class Trainer(abc.ABC):
                 self.tokenizer.save_pretrained(tmp / name)
             checkpoint.write_trainer_files(tmp, self._trainer_state(history),
                                            scheduler_state=self.scheduler.state_dict(),
-                                           recipe_yaml=dump_recipe(self.recipe))
+                                           recipe_yaml=dump_recipe(self.recipe),
+                                           rng_states=rng_states)
             checkpoint.publish(tmp, target, keep=self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
@@ -461,7 +474,7 @@ class Trainer(abc.ABC):
         self.optim.load_state_dict(blobs.get("optimizer", {}))
         self.scheduler.load_state_dict(blobs["scheduler"])
         self.load_extra_state(state.get("extra", {}))
-        checkpoint.set_rng_state(blobs["rng"])
+        checkpoint.restore_rng(blobs["rng"], self.rank, self.world)
         self.step = state["step"]
         self._say(f"resuming from {last} (step {self.step} of {self.total_steps})")
 

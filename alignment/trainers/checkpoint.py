@@ -4,8 +4,8 @@ Layout of `output_dir/checkpoints/step-000050/`:
   model/            save_pretrained of the policy (the LoRA adapter alone when LoRA is on)
                     and its tokenizer: loadable as is
   critic/           the same for the value model (actor-critic trainers)
-  trainer.pt        fp32 master weights, optimiser and scheduler state, RNG states
-                    (Python, NumPy, torch CPU and, when present, CUDA)
+  trainer.pt        fp32 master weights, optimiser and scheduler state, RNG states of
+                    every process (Python, NumPy, torch CPU and, when present, CUDA)
   trainer_state.json  step, epoch, position in the epoch, metric history
   recipe.yaml       the resolved recipe that produced it
 The folder is assembled under a temporary name, fsynced (files, then folders) and renamed
@@ -61,23 +61,26 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, trainer_state: dict,
                     optimizer_state: dict, scheduler_state: dict, recipe_yaml: str,
-                    keep: int, extra_models: dict | None = None) -> Path:
+                    keep: int, extra_models: dict | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     with atomic.atomic_dir(target) as tmp:
         for name, m in {"model": model, **(extra_models or {})}.items():
             m.save_pretrained(tmp / name)
             tokenizer.save_pretrained(tmp / name)
         write_trainer_files(tmp, trainer_state, scheduler_state=scheduler_state,
-                            recipe_yaml=recipe_yaml, optimizer_state=optimizer_state)
+                            recipe_yaml=recipe_yaml, optimizer_state=optimizer_state,
+                            rng_states=rng_states)
     prune(output_dir, keep)
     return target
 
 
 def write_trainer_files(folder: Path, trainer_state: dict, *, scheduler_state: dict,
-                        recipe_yaml: str, optimizer_state: dict | None = None) -> None:
-    """trainer.pt (optimizer unless DeepSpeed holds it, scheduler, RNG), trainer_state.json
-    and recipe.yaml."""
-    blobs = {"scheduler": scheduler_state, "rng": rng_state()}
+                        recipe_yaml: str, optimizer_state: dict | None = None,
+                        rng_states: list[dict] | None = None) -> None:
+    """trainer.pt (optimizer unless DeepSpeed holds it, scheduler, RNG states by rank;
+    default: this process's), trainer_state.json and recipe.yaml."""
+    blobs = {"scheduler": scheduler_state, "rng": rng_states or [rng_state()]}
     if optimizer_state is not None:
         blobs["optimizer"] = optimizer_state
     torch.save(blobs, folder / "trainer.pt")
@@ -110,6 +113,13 @@ def rng_state() -> dict:
     if torch.cuda.is_available():   # one generator per visible device
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_rng(saved: dict | list[dict], rank: int, world: int) -> None:
+    """This process's RNG states from a checkpoint's (a list by rank; a dict: one process,
+    older checkpoints). With another process count every process takes rank 0's."""
+    states = saved if isinstance(saved, list) else [saved]
+    set_rng_state(states[rank] if len(states) == world else states[0])
 
 
 def set_rng_state(state: dict) -> None:
