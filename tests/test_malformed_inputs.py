@@ -573,16 +573,26 @@ PROMPT_ROWS = {"prompts.jsonl": jsonl(*[{"prompt": f"What is {i} + 1?", "answer"
 
 
 def _stale_engine(tmp_path, ctx, monkeypatch):
-    """The engine reports that it did not take the new weights (as the vLLM probe does)."""
+    """An engine that never receives the trainer's updates: its probe log-probs come from a
+    copy of the weights it started with, so the real sync check sees the trainer move and
+    the engine stay where it was."""
+    import copy
+
     from alignment.rollout.hf import HFEngine
-    from alignment.rollout.vllm_engine import StaleWeightsError
 
-    def sync_weights(self, model):
-        raise StaleWeightsError("the engine's log-probs differ from the trainer's by 2.500 "
-                                "nats per token on the probe (tolerance 0.15): the engine is "
-                                "not sampling from the weights being trained")
+    start = HFEngine.__init__
 
-    monkeypatch.setattr(HFEngine, "sync_weights", sync_weights)
+    def init(self, model, *args, **kwargs):
+        start(self, model, *args, **kwargs)
+        self.kept = copy.deepcopy(model).eval()
+
+    monkeypatch.setattr(HFEngine, "__init__", init)
+    monkeypatch.setattr(HFEngine, "probe_logps",
+                        lambda self: self.sync_check.trainer_logps(self.kept))
+    (tmp_path / "malformed_case_length.py").write_text(
+        "def length(prompts, completions, rows):\n"
+        "    return [len(c) / 10 for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 def _failing_scorer(tmp_path, ctx, monkeypatch):
@@ -604,9 +614,12 @@ def _nan_model(tmp_path, ctx, monkeypatch):
     AutoTokenizer.from_pretrained(ctx["@TINY@"]).save_pretrained(tmp_path / "nan_model")
 
 
-train("stale-engine-weights", TRAIN_GRPO, "error: the engine's log-probs differ from the "
-      "trainer's", "not sampling from the weights being trained", files=PROMPT_ROWS,
-      setup=_stale_engine)
+train("stale-engine-weights",
+      TRAIN_GRPO.replace("max_steps: 2", "max_steps: 2, lr: 1.0e-2").replace(
+          "num_generations: 2", "num_generations: 4")
+      + "rewards: [{name: 'malformed_case_length:length'}]\n",
+      "error: the engine's log-probs on the probe", "not sampling from the weights being "
+      "trained", files=PROMPT_ROWS, setup=_stale_engine)
 train("scorer-raises-with-on-error-raise",
       TRAIN_GRPO + "rewards: [{name: 'malformed_case_scorer:explode', on_error: raise}]\n",
       "explode: sample 0: ValueError: this reward function is broken", files=PROMPT_ROWS,
