@@ -29,7 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reward_models.base import Scorer, ScoreResult
-from reward_models.python_tests import check_sandbox_options, extract_code, failure_reason
+from reward_models.python_tests import (
+    check_rows,
+    check_sandbox_options,
+    extract_code,
+    failure_reason,
+)
 from reward_models.sandbox import IsolationError, SandboxError, run_python
 from reward_models.sandbox.modes import require
 
@@ -85,12 +90,7 @@ class PythonIOScorer(Scorer):
 
     def score(self, prompts: Sequence[str], completions: Sequence[str],
               rows: Sequence[Mapping[str, Any]] | None = None) -> ScoreResult:
-        if rows is None:
-            raise ValueError(f"{self.name}: needs the dataset rows (column {self.column!r} "
-                             "holds the cases)")
-        if not len(prompts) == len(completions) == len(rows):
-            raise ValueError(f"{self.name}: {len(prompts)} prompts, {len(completions)} "
-                             f"completions and {len(rows)} rows: they must match")
+        check_rows(self.name, self.column, "the cases", prompts, completions, rows)
         jobs = []
         for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
             try:

@@ -82,12 +82,7 @@ class PythonTestsScorer(Scorer):
 
     def score(self, prompts: Sequence[str], completions: Sequence[str],
               rows: Sequence[Mapping[str, Any]] | None = None) -> ScoreResult:
-        if rows is None:
-            raise ValueError(f"{self.name}: needs the dataset rows (column "
-                             f"{self.tests_column!r} holds the tests)")
-        if not len(prompts) == len(completions) == len(rows):
-            raise ValueError(f"{self.name}: {len(prompts)} prompts, {len(completions)} "
-                             f"completions and {len(rows)} rows: they must match")
+        check_rows(self.name, self.tests_column, "the tests", prompts, completions, rows)
         jobs = []
         for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
             try:
@@ -122,6 +117,16 @@ def failure_reason(result: SandboxResult) -> str:
         return ("exited before the tests finished (exit status 0, no completion report)"
                 if not result.completed else "ok")
     return f"{result.status}: {lines[-1].strip()}" if lines else result.status
+
+
+def check_rows(name: str, column: str, holds: str, prompts: Sequence[str],
+               completions: Sequence[str], rows: Sequence[Mapping[str, Any]] | None) -> None:
+    """Sandboxed scorers need one dataset row per sample (the row holds what to check)."""
+    if rows is None:
+        raise ValueError(f"{name}: needs the dataset rows (column {column!r} holds {holds})")
+    if not len(prompts) == len(completions) == len(rows):
+        raise ValueError(f"{name}: {len(prompts)} prompts, {len(completions)} completions "
+                         f"and {len(rows)} rows: they must match")
 
 
 def check_sandbox_options(name: str, *, timeout_s: float, memory_mb: int, workers: int,

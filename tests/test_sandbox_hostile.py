@@ -18,6 +18,7 @@ import time
 import uuid
 
 import pytest
+from test_sandbox import _procs
 
 from reward_models.python_io import PythonIOScorer
 from reward_models.python_tests import PythonTestsScorer
@@ -162,23 +163,9 @@ def test_python_io_hacks_score_zero():
 
 # --- containment: programs that attack the machine --------------------------------------------
 
-def _procs_of(uid=None, session=None):
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                text = f.read()
-            fields = text[text.rindex(")") + 2:].split()
-            with open(f"/proc/{name}/status") as f:
-                puid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-        except (OSError, StopIteration, ValueError):
-            continue
-        if (session is not None and int(fields[3]) == session) or (uid is not None
-                                                                  and puid == uid):
-            found.append(int(name))
-    return found
+def _procs_of(session):
+    """Pids of the processes in the run's session (test_sandbox's process table)."""
+    return [pid for pid, _, sid, _, _ in _procs() if sid == session]
 
 
 MARK = f"/tmp/sandbox-hostile-{uuid.uuid4().hex}"
@@ -333,8 +320,10 @@ def test_hostile_program_is_contained(name, mode):
     for check in checks:
         check(result, elapsed)
     assert "connected" not in result.stdout and "sent" not in result.stdout
-    time.sleep(0.05)
-    assert _procs_of(session=result.pid) == [], "processes of the run survived"
+    deadline = time.monotonic() + 3.0    # the kernel kills a namespace's processes
+    while _procs_of(result.pid) and time.monotonic() < deadline:    # asynchronously
+        time.sleep(0.05)
+    assert _procs_of(result.pid) == [], "processes of the run survived"
     if name == "daemon-writes-later":
         time.sleep(1.6)
     _no_mark()

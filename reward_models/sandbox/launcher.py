@@ -66,6 +66,15 @@ def prctl(option, arg):
     check(libc.prctl(option, arg, 0, 0, 0), "prctl %d" % option)
 
 
+def report_exit_of(user):
+    """Reap children (orphans are ours to reap) until the user process exits; report how."""
+    while True:
+        pid, status = os.wait()
+        if pid == user:
+            say(describe(status))
+            return
+
+
 def describe(status):
     if os.WIFSIGNALED(status):
         return "status signal %d" % os.WTERMSIG(status)
@@ -256,11 +265,7 @@ def namespace_init(stdin):
         if user == 0:
             user_process(stdin)
         close_channels()
-        while True:
-            pid, status = os.wait()
-            if pid == user:
-                say(describe(status))
-                break
+        report_exit_of(user)
     except BaseException as exc:
         say("setup-error namespace init: %r" % (exc,))
     os._exit(0)     # the kernel now kills and reaps whatever is left in the namespace
@@ -339,11 +344,7 @@ def main():
         if child == 0:
             user_process(stdin)
         close_channels()
-        while True:
-            pid, status = os.wait()
-            if pid == child:
-                say(describe(status))
-                break
+        report_exit_of(child)
         sweep(UID if MODE == "uid" else None)
 
 
