@@ -240,3 +240,19 @@ def test_grpo_with_vllm_engine_end_to_end(tmp_path, bundled_model_dir, repo_root
         assert r["rollout/logprob_gap_mean"] < 0.1       # engine samples from our weights
         assert r["samples"] == 8
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_truncated_is_under_top_p_logs_its_metrics(tmp_path, tiny_model_dir, prompts_file):
+    """With top-k / top-p sampling the trainer compares the engine's numbers with its own
+    under the same filters (gap ~0 on the HF backend), and `grpo.is_cap` weights the tokens
+    (ratio ~1 here: same weights, same numerics) and logs what it did."""
+    trainer = GRPOTrainer(make_recipe(tmp_path, tiny_model_dir, prompts_file,
+                                      rollout={"top_p": 0.8, "top_k": 30, "temperature": 0.9},
+                                      grpo={"is_cap": 2.0}))
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2
+    step = steps[-1]
+    assert step["rollout/logprob_gap_max"] < 1e-4
+    assert step["is_ratio"] == pytest.approx(1.0, abs=1e-4) and step["is_capped"] == 0.0

@@ -141,3 +141,43 @@ def test_overlong_penalty_vector():
     assert overlong_penalty(lengths, 20480, 4096).tolist() == approx([0.0, -0.5, -1.0, -1.0])
     with pytest.raises(ValueError, match="cache"):
         overlong_penalty(lengths, 100, 0)
+
+
+# --- truncated importance sampling (engine/trainer mismatch correction) -----------------------
+
+def test_truncated_is_weights_vector():
+    from alignment.losses import truncated_is_weights
+    trainer = torch.tensor([[-1.0, -2.0, -0.5]], dtype=F64)
+    engine = torch.tensor([[-1.1, -1.0, -9.0]], dtype=F64)
+    mask = torch.tensor([[True, True, False]])
+    w, m = truncated_is_weights(trainer, engine, mask, cap=1.05)
+    # ratios e^0.1 = 1.10517 (capped at 1.05), e^-1 = 0.36788; off the mask: 0
+    assert w.tolist()[0] == approx([1.05, 0.3678794, 0.0])
+    assert float(m["is_ratio"]) == approx((1.1051709 + 0.3678794) / 2)
+    assert float(m["is_capped"]) == approx(0.5)
+    assert not w.requires_grad
+
+
+def test_is_weights_scale_each_token_of_the_surrogate_only():
+    from alignment.losses import truncated_is_weights
+    logps, mask = padded(POLICY)
+    old, _ = padded(OLD)
+    ref, _ = padded(REF)
+    adv = group_advantages(REWARDS, 4)
+    plain, _ = grpo_loss(logps, old, ref, adv, mask, beta=0.0)
+    ones, _ = grpo_loss(logps, old, ref, adv, mask, beta=0.0, is_weights=torch.ones_like(logps))
+    assert float(ones) == approx(float(plain))
+    # weights 2 on every token double the surrogate, not the KL term
+    twice, _ = grpo_loss(logps, old, ref, adv, mask, beta=0.0,
+                         is_weights=torch.full_like(logps, 2.0))
+    assert float(twice) == approx(2 * float(plain))
+    with_kl, _ = grpo_loss(logps, old, ref, adv, mask, beta=0.04,
+                           is_weights=torch.full_like(logps, 2.0))
+    kl_only = float(with_kl) - 2 * float(plain)
+    base_kl = float(grpo_loss(logps, old, ref, adv, mask, beta=0.04)[0]) - float(plain)
+    assert kl_only == approx(base_kl)
+    # an engine that agrees with the trainer gives weights 1 (below the cap)
+    w, m = truncated_is_weights(logps, logps, mask, cap=2.0)
+    assert torch.equal(w, mask.to(F64)) and float(m["is_capped"]) == 0.0
+    with pytest.raises(ValueError, match="cap C must be > 0"):
+        truncated_is_weights(logps, logps, mask, cap=0.0)

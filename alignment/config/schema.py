@@ -220,6 +220,10 @@ class GRPOConfig(OnlineConfig):
                                    "sample more prompts to refill the batch")
     max_sampling_rounds: int = param(3, "dynamic sampling: generation rounds per step at most",
                                      ge=1)
+    is_cap: float | None = param(None, "truncated importance sampling (Yao et al. 2025): weight "
+                                 "each token's surrogate by min(pi_trainer / pi_engine, is_cap), "
+                                 "both as sampled; corrects for the engine's other numerics "
+                                 "(e.g. 2.0); null = off", gt=0.0)
 
 
 @dataclass

@@ -4,10 +4,10 @@ from .apa import apa_loss, awr_loss
 from .copg import copg_loss
 from .dpo import dpo_loss
 from .gae import gae, whiten
-from .grpo import group_advantages, grpo_loss
+from .grpo import group_advantages, grpo_loss, truncated_is_weights
 from .ipo import ipo_loss
 from .kl import k1_kl, k3_kl
-from .logps import sequence_logps, token_logps
+from .logps import sampling_filter, sequence_logps, token_logps
 from .ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from .reward import bradley_terry_loss, token_verifier_loss
 from .spin import spin_loss
@@ -29,8 +29,10 @@ __all__ = [
     "kl_penalized_rewards",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "sampling_filter",
     "sequence_logps",
     "spin_loss",
     "token_logps",
+    "truncated_is_weights",
     "whiten",
 ]

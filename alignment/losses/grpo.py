@@ -63,10 +63,13 @@ def _valid_group_advantages(rewards, valid, group_size, scale, ddof, eps) -> tor
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2,
               clip_high: float = 0.2, beta: float = 0.04, aggregation: str = "grpo",
-              max_length: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              max_length: int | None = None, is_weights: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate with a k3 KL term, reduced over `mask`ed response tokens.
 
     logps, old_logps, ref_logps, mask: (batch, tokens); advantages: (batch,).
+    is_weights: (batch, tokens) constant per-token weights of the surrogate term (truncated
+    importance sampling, `truncated_is_weights`); None = 1.
     aggregation: "grpo" = mean over sequences of each sequence's token mean (the paper);
     "token_mean" = Σ / (valid tokens in the batch) (DAPO); "dr_grpo" = Σ / (batch ×
     max_length) with `max_length` the generation budget (default: the tensor width).
@@ -91,6 +94,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     per_token = -torch.min(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach().to(per_token.dtype)
     kl = (k3_kl(logps, torch.where(valid, ref_logps, logps)) if ref_logps is not None
           else torch.zeros_like(logps))
     if beta > 0:
@@ -106,6 +111,32 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
             "ratio": (ratio * mask).sum() / n,
         }
     return loss, metrics
+
+
+def truncated_is_weights(trainer_logps: torch.Tensor, engine_logps: torch.Tensor,
+                         mask: torch.Tensor, cap: float) -> tuple[torch.Tensor, dict]:
+    """Truncated importance sampling for an engine that samples with other numerics than the
+    trainer computes (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You
+    Off-Policy RL Training", TIS): the tokens were drawn from π_engine, the gradient is taken
+    for π_trainer at the same weights, so each token's surrogate term is weighted by
+    w_t = min(π_trainer(y_t) / π_engine(y_t), C), both log-probs under the sampling
+    distribution (temperature, top-k, top-p). Returns (w, metrics) with w constant (no
+    gradient) and 0 off the mask; metrics: the mean raw ratio and the share of tokens capped.
+    """
+    if trainer_logps.shape != engine_logps.shape or trainer_logps.shape != mask.shape:
+        raise ValueError(f"trainer_logps {tuple(trainer_logps.shape)}, engine_logps "
+                         f"{tuple(engine_logps.shape)} and mask {tuple(mask.shape)} must match")
+    if not cap > 0:
+        raise ValueError(f"the cap C must be > 0, got {cap}")
+    valid = mask.bool()
+    with torch.no_grad():
+        log_ratio = torch.where(valid, trainer_logps.float() - engine_logps.float(), 0.0)
+        ratio = torch.exp(log_ratio.clamp(max=50.0))          # (a -inf trainer log-prob: 0)
+        weights = torch.where(valid, ratio.clamp(max=cap), 0.0)
+        n = valid.sum().clamp(min=1)
+        metrics = {"is_ratio": ratio[valid].sum() / n,
+                   "is_capped": (valid & (ratio > cap)).sum() / n}
+    return weights, metrics
 
 
 def aggregation_weight(mask: torch.Tensor, aggregation: str) -> float:

@@ -10,9 +10,15 @@ import torch
 
 
 def token_logps(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
-    """Log-probability of each label under ``softmax(logits / temperature)``.
+    """Log-probability of each label under ``softmax(logits / temperature)``, or, with
+    ``top_k`` / ``top_p``, under the distribution a sampler draws from after filtering
+    (`sampling_filter`): what the rollout engines report for the tokens they sampled.
 
     Args:
         logits: (B, T, V) scores; ``logits[:, t]`` predicts ``labels[:, t]`` (the caller has
@@ -20,6 +26,8 @@ def token_logps(
         labels: (B, T) token ids.
         temperature: divides the logits first, so the log-probs match those of sampling at
             that temperature (generation and training must agree, or PPO ratios are off).
+        top_k, top_p: the sampler's filters (0 and 1.0 = off); a label outside the kept set
+            gets -inf.
 
     Returns:
         (B, T) log-probs, float32 (float64 if the logits are float64).
@@ -40,6 +48,7 @@ def token_logps(
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    filtered = bool(top_k) or top_p < 1.0
 
     vocab = logits.shape[-1]
     labels = torch.where((labels >= 0) & (labels < vocab), labels, 0)  # (B, T), gather-safe
@@ -48,9 +57,33 @@ def token_logps(
     rows = []
     for row_logits, row_labels in zip(logits, labels, strict=True):
         row = row_logits.to(dtype) / temperature  # (T, V)
+        if filtered:
+            with torch.no_grad():
+                dropped = sampling_filter(row, top_k, top_p)
+            row = row.masked_fill(dropped, -torch.inf)
         picked = row.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)  # (T,)
         rows.append(picked - torch.logsumexp(row, dim=-1))  # (T,)
     return torch.stack(rows)  # (B, T)
+
+
+def sampling_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Which logits a top-k / top-p (nucleus) sampler drops (True = dropped), in the order and
+    with the tie rules of HF's and vLLM's samplers: top-k first (every logit below the k-th
+    largest goes; ties with it stay), then top-p on what is left: going up from the least
+    likely token, drop while the cumulative probability stays at or below 1 - top_p (the
+    most likely token always stays). `logits` already divided by the temperature.
+    """
+    dropped = torch.zeros_like(logits, dtype=torch.bool)
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        dropped |= logits < kth
+    if top_p < 1.0:
+        ascending, order = torch.sort(logits.masked_fill(dropped, -torch.inf), dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= 1 - top_p
+        drop_sorted[..., -1] = False
+        dropped |= torch.zeros_like(dropped).scatter(-1, order, drop_sorted)
+    return dropped
 
 
 def sequence_logps(

@@ -35,7 +35,7 @@ from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, PromptExample, RoundStats, Sample
 from alignment.trainers.sequences import (
     group_logps_and_values,
-    group_token_logps,
+    group_token_logps_as_sampled,
     select_completion_columns,
 )
 from alignment.value_model import (
@@ -137,14 +137,14 @@ class ActorCriticTrainer(OnlineTrainer):
     def prepare_batches(self, batches: list[dict]) -> dict:
         """π_old, π_ref and V_old per micro-batch; then rewards, GAE and whitening with
         statistics over the whole step (every micro-batch of every process)."""
-        temperature = self.recipe.rollout.temperature
         seq_kl = torch.zeros(2, dtype=torch.float64)    # Σ over samples of Σ_t k1, samples
         for b in batches:
             mask = b["loss_mask"]
-            b["old_logps"] = group_token_logps(self.policy, b, temperature=temperature).float()
+            old, sampled = group_token_logps_as_sampled(self.policy, b, **self.sampled_as())
+            b["old_logps"] = old.float()
             device = b["old_logps"].device
             mask = b["loss_mask"] = mask.to(device)
-            self.note_logprob_gap(b, b["old_logps"])
+            self.note_logprob_gap(b, sampled)   # (as the engine sampled: top-k / top-p)
             b["old_values"] = self._values(b)
             ref = (self.reference_token_logps(b).float() if self.needs_reference()
                    else b["old_logps"])   # (no reference: no KL term, KL logged as 0)

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses.grpo import aggregation_weight, group_advantages, grpo_loss
+from alignment.losses.grpo import (
+    aggregation_weight,
+    group_advantages,
+    grpo_loss,
+    truncated_is_weights,
+)
 from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
-from alignment.trainers.sequences import group_token_logps
+from alignment.trainers.sequences import group_token_logps_as_sampled
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -62,12 +67,11 @@ class GRPOTrainer(OnlineTrainer):
 
     # ------------------------------------------------------------------ loss
     def prepare_batches(self, batches: list[dict]) -> None:
-        temperature = self.recipe.rollout.temperature
         for batch in batches:
             if self.g.iterations > 1:   # π_old frozen for all μ updates
                 with torch.no_grad():
-                    batch["old_logps"] = group_token_logps(self.model, batch,
-                                                                temperature=temperature)
+                    batch["old_logps"], batch["old_sampled_logps"] = \
+                        group_token_logps_as_sampled(self.model, batch, **self.sampled_as())
             if self.g.beta > 0:
                 batch["ref_logps"] = self.reference_token_logps(batch)
 
@@ -76,15 +80,22 @@ class GRPOTrainer(OnlineTrainer):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         mask = batch["loss_mask"]
-        logps = group_token_logps(self.model, batch,
-                                       temperature=self.recipe.rollout.temperature)
+        logps, sampled = group_token_logps_as_sampled(self.model, batch, **self.sampled_as())
         device = logps.device
         old = batch["old_logps"].to(device) if "old_logps" in batch else logps.detach()
+        # π_trainer at the weights the engine sampled with, as the engine sampled
+        behaviour = (batch["old_sampled_logps"].to(device) if "old_sampled_logps" in batch
+                     else sampled.detach())
         ref = batch["ref_logps"].to(device) if "ref_logps" in batch else None
         mask = mask.to(device)
-        self.note_logprob_gap(batch, logps)   # first pass: engine vs trainer
+        self.note_logprob_gap(batch, sampled)   # first pass: engine vs trainer
+        weights, is_metrics = None, {}
+        if self.g.is_cap is not None:
+            weights, is_metrics = truncated_is_weights(
+                behaviour, batch["sampling_logps"].to(device), mask, self.g.is_cap)
         loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
                                   clip_low=self.g.clip_low, clip_high=self.g.clip_high,
                                   beta=self.g.beta, aggregation=self.g.aggregation,
-                                  max_length=self.recipe.rollout.max_new_tokens)
-        return loss, metrics
+                                  max_length=self.recipe.rollout.max_new_tokens,
+                                  is_weights=weights)
+        return loss, {**metrics, **is_metrics}

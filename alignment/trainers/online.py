@@ -136,6 +136,12 @@ class OnlineTrainer(EngineSetup, Trainer):
         model.requires_grad_(False)
         return model.to(self.accelerator.device)
 
+    def sampled_as(self) -> dict:
+        """The rollout's sampling distribution, for log-probs comparable with the engine's
+        (`group_token_logps_as_sampled`)."""
+        r = self.recipe.rollout
+        return {"temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p}
+
     @torch.no_grad()
     def reference_token_logps(self, batch: dict) -> torch.Tensor:
         temperature = self.recipe.rollout.temperature

@@ -21,7 +21,7 @@ import torch
 
 from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
-from alignment.trainers.sequences import group_token_logps
+from alignment.trainers.sequences import group_token_logps_as_sampled
 
 PAIRINGS = ("best_worst", "consecutive")
 
@@ -121,10 +121,10 @@ class OnlinePairTrainer(OnlineTrainer):
         return total / mask.sum(dim=1).clamp(min=1) if self.average_logps else total
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        logps = group_token_logps(self.model, batch, temperature=self.recipe.rollout.temperature)
+        logps, sampled = group_token_logps_as_sampled(self.model, batch, **self.sampled_as())
         if batch.get("stand_in"):   # one sample, no pair: a zero loss through the model
             return (logps * 0).sum(), {}
-        self.note_logprob_gap(batch, logps)
+        self.note_logprob_gap(batch, sampled)   # (as the engine sampled: top-k / top-p)
         mask = batch["loss_mask"].to(logps.device)
         policy = self._sequence_logps(logps, mask)                              # (2B,)
         ref = self._sequence_logps(batch["ref_logps"].to(logps.device), mask)   # (2B,)

@@ -182,6 +182,19 @@ def group_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.
     return _group_logps(out["logits"], batch, temperature)
 
 
+def group_token_logps_as_sampled(model, batch: dict, *, temperature: float = 1.0,
+                                 top_k: int = 0, top_p: float = 1.0
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: (log π, log π as sampled), each (samples, C). The second is under the
+    sampler's distribution (top-k / top-p filtered and renormalised), the number a rollout
+    engine reports for the tokens it drew; without filters the two are the same tensor."""
+    logits = model(**_group_inputs(model, batch))["logits"]
+    logps = _group_logps(logits, batch, temperature)
+    if not top_k and top_p >= 1.0:
+        return logps, logps
+    return logps, _group_logps(logits, batch, temperature, top_k, top_p)
+
+
 def group_logps_and_values(model, batch: dict, *, temperature: float = 1.0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(samples, C) log π and V(s_t) of each completion token, one forward of an
@@ -215,7 +228,8 @@ def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
     return kept[:, cols].reshape(n * k, width_c, *kept.shape[2:])[filled]
 
 
-def _group_logps(logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+def _group_logps(logits: torch.Tensor, batch: dict, temperature: float, top_k: int = 0,
+                 top_p: float = 1.0) -> torch.Tensor:
     _, k, width_c = batch["group_layout"]
     device = logits.device
     labels = batch["input_ids"][:, -k * width_c:].to(device)                 # (n, k*C)
@@ -224,7 +238,7 @@ def _group_logps(logits: torch.Tensor, batch: dict, temperature: float) -> torch
     labels = labels.reshape(n * k, width_c)[filled]
     mask = batch["completion_mask"].to(device)
     return token_logps(select_completion_columns(logits, batch),
-                       labels.masked_fill(~mask, 0), temperature)
+                       labels.masked_fill(~mask, 0), temperature, top_k, top_p)
 
 
 def _filled(sizes: list[int], k: int) -> torch.Tensor:
