@@ -25,28 +25,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reward_models.base import Scorer, ScoreResult
-from reward_models.python_tests import (
-    check_rows,
-    check_sandbox_options,
-    extract_code,
-    failure_reason,
-)
+from reward_models.base import ScoreResult
+from reward_models.python_tests import SandboxedScorer, check_rows, extract_code, failure_reason
 from reward_models.sandbox import IsolationError, SandboxError, run_python
-from reward_models.sandbox.modes import require
 
 
-class PythonIOScorer(Scorer):
+class PythonIOScorer(SandboxedScorer):
     name = "python_io"
 
     def __init__(self, column: str = "input_output", partial: bool = False,
                  max_cases: int | None = None, timeout_s: float = 5.0, memory_mb: int = 512,
                  workers: int = 2, isolation: str | None = None):
-        check_sandbox_options(self.name, timeout_s=timeout_s, memory_mb=memory_mb,
-                              workers=workers, isolation=isolation)
+        super().__init__(timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
+                         isolation=isolation)
         if not isinstance(partial, bool):
             raise ValueError(f"{self.name}: partial must be true or false, got {partial!r}")
         if max_cases is not None and (isinstance(max_cases, bool) or not isinstance(max_cases, int)
@@ -55,11 +48,6 @@ class PythonIOScorer(Scorer):
         self.column = column
         self.partial = partial
         self.max_cases = max_cases
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
-        self.workers = workers
-        self.isolation = isolation
-        self.mode = require(isolation)     # fail closed now, not at the first batch
 
     def cases_of(self, row: Mapping[str, Any] | None) -> tuple[str | None, list, list]:
         """(fn_name or None, inputs, outputs) from the row; ValueError naming what is wrong."""
@@ -97,12 +85,7 @@ class PythonIOScorer(Scorer):
                 jobs.append((extract_code(completion), *self.cases_of(row)))
             except ValueError as exc:
                 raise ValueError(f"sample {i}: {exc}") from None
-        if not jobs:
-            return ScoreResult([], {self.name: []}, [])
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
-            outcomes = list(pool.map(lambda job: self._one(*job), jobs))
-        rewards = [reward for reward, _ in outcomes]
-        return ScoreResult(rewards, {self.name: list(rewards)}, [err for _, err in outcomes])
+        return self.score_jobs(jobs, lambda job: self._one(*job))
 
     def _one(self, code: str, fn_name: str | None, inputs: list,
              outputs: list) -> tuple[float, str | None]:

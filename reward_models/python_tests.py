@@ -44,19 +44,39 @@ def extract_code(completion: str) -> str:
     return completion
 
 
-class PythonTestsScorer(Scorer):
-    name = "python_tests"
+class SandboxedScorer(Scorer):
+    """What `python_tests` and `python_io` share: the sandbox options (checked, and the
+    isolation required when the scorer is built, so a too-weak machine fails at recipe
+    check, not at the first batch) and samples scored on a small thread pool."""
 
-    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512,
-                 tests_column: str = "tests", workers: int = 2, isolation: str | None = None):
+    def __init__(self, *, timeout_s: float, memory_mb: int, workers: int,
+                 isolation: str | None):
         check_sandbox_options(self.name, timeout_s=timeout_s, memory_mb=memory_mb,
                               workers=workers, isolation=isolation)
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
-        self.tests_column = tests_column
         self.workers = workers
         self.isolation = isolation
-        self.mode = require(isolation)     # fail closed now, not at the first batch
+        self.mode = require(isolation)
+
+    def score_jobs(self, jobs: list, one) -> ScoreResult:
+        """`one(job) -> (reward, error or None)` for every job, `workers` at a time."""
+        if not jobs:
+            return ScoreResult([], {self.name: []}, [])
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
+            outcomes = list(pool.map(one, jobs))
+        rewards = [reward for reward, _ in outcomes]
+        return ScoreResult(rewards, {self.name: list(rewards)}, [err for _, err in outcomes])
+
+
+class PythonTestsScorer(SandboxedScorer):
+    name = "python_tests"
+
+    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512,
+                 tests_column: str = "tests", workers: int = 2, isolation: str | None = None):
+        super().__init__(timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
+                         isolation=isolation)
+        self.tests_column = tests_column
 
     def tests_of(self, row: Mapping[str, Any]) -> str:
         tests = row.get(self.tests_column) if row is not None else None
@@ -102,12 +122,7 @@ class PythonTestsScorer(Scorer):
                 return 1.0, None
             return 0.0, failure_reason(result)
 
-        if not jobs:
-            return ScoreResult([], {self.name: []}, [])
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
-            outcomes = list(pool.map(one, jobs))
-        rewards = [reward for reward, _ in outcomes]
-        return ScoreResult(rewards, {self.name: list(rewards)}, [err for _, err in outcomes])
+        return self.score_jobs(jobs, one)
 
 
 def failure_reason(result: SandboxResult) -> str:
