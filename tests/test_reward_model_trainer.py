@@ -168,3 +168,32 @@ def test_token_level_term_reads_every_token_from_the_first_difference(tmp_path,
     # the head
     loss.backward()
     assert trainer._score_head().weight.grad.abs().sum() > 0
+
+
+def test_lm_term_is_the_causal_lm_loss_on_the_chosen_completion(tmp_path, tiny_model_dir):
+    """reward_model.lm_weight: next-token cross-entropy over every chosen-completion token,
+    through the tied embeddings: the same numbers as the folder loaded as a causal LM on
+    prompt + chosen as plain sequences."""
+    from transformers import AutoModelForCausalLM
+
+    trainer, pairs = _rm_trainer(tmp_path, tiny_model_dir, lm_weight=0.5)
+    trainer.model.double()
+    batch = trainer.collate(pairs)
+    loss, metrics = trainer.compute_loss(batch)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    assert lm.config.tie_word_embeddings
+    terms = []
+    with torch.no_grad():
+        for p in pairs:
+            seq = torch.tensor([p.prompt_ids + p.chosen_ids])
+            logits = lm(input_ids=seq).logits[0, len(p.prompt_ids) - 1:-1]
+            terms.append(torch.nn.functional.cross_entropy(
+                logits, torch.tensor(p.chosen_ids), reduction="none"))
+        expected = torch.cat(terms).mean()
+        separate = _separate_rewards(trainer, pairs)
+    assert metrics["lm_loss"].item() == pytest.approx(expected.item(), abs=1e-6)
+    bt, _ = bradley_terry_loss(separate[:len(pairs)], separate[len(pairs):])
+    assert loss.item() == pytest.approx(bt.item() + 0.5 * expected.item(), abs=1e-6)
+    loss.backward()    # the term trains the backbone (the embeddings are the LM head)
+    assert trainer.accelerator.unwrap_model(trainer.model).get_input_embeddings() \
+        .weight.grad.abs().sum() > 0

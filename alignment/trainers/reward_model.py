@@ -20,12 +20,21 @@ where chosen and rejected first differ (Cobbe et al. 2021's token-level verifier
 `token_verifier_loss`): at the result's digits, where the model can compare what it would
 have written with what it reads, instead of only at the last token. The saved model is the
 same plain sequence classifier (the reward is still the last token's score).
+
+With `reward_model.lm_weight` > 0 the network also keeps a language-model objective on the
+chosen completion (Yang et al. 2024, "Regularizing Hidden States Enables Learning
+Generalizable Reward Model for LLMs", Eq. 5: the SFT term beside the BT loss), read through
+the tied input embeddings, so no second head is trained or saved. On these pairs the
+tokens where chosen and rejected differ are the result's digits: the term teaches the
+network to compute the result at the position that writes it, where the classifier can then
+compare it with what was written.
 """
 
 from __future__ import annotations
 
 import torch
 
+from alignment.errors import TrainingError
 from alignment.losses import bradley_terry_loss, token_verifier_loss
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair, PairData
@@ -43,6 +52,10 @@ class RewardModelTrainer(PairData, Trainer):
         self.pool_pad_id = endoftext if isinstance(endoftext, int) and endoftext != \
             self.tokenizer.eos_token_id else self.tokenizer.pad_token_id
         model.config.pad_token_id = self.pool_pad_id
+        if self.recipe.reward_model.lm_weight > 0 and not model.config.tie_word_embeddings:
+            raise TrainingError(
+                f"reward_model.lm_weight needs a model whose output head is its input "
+                f"embeddings (tie_word_embeddings); {self.model_path} has a separate one")
         lora = self.recipe.model.lora
         if lora.r > 0:
             from peft import LoraConfig, get_peft_model
@@ -65,6 +78,7 @@ class RewardModelTrainer(PairData, Trainer):
             chosen.append(p.chosen_ids[k:])
             rejected.append(p.rejected_ids[k:])
         batch = collate_pairs(shared, chosen, rejected, self.pool_pad_id)
+        batch["lm_labels"] = _chosen_lm_labels(pairs, shared, chosen, batch["widths"])
         # tokens of the two whole sequences (what a trainer without sharing processes)
         batch["n_tokens"] = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                                 for p in pairs)
@@ -103,7 +117,24 @@ class RewardModelTrainer(PairData, Trainer):
             token_loss, token_metrics = token_verifier_loss(per_row, labels, mask)
             loss = loss + cfg.token_weight * token_loss
             metrics.update(token_metrics, token_loss=token_loss.detach())
+        if cfg.lm_weight > 0:
+            lm_loss, lm_metrics = self._lm_loss(hidden, batch["lm_labels"].to(device))
+            loss = loss + cfg.lm_weight * lm_loss
+            metrics.update(lm_metrics, lm_loss=lm_loss.detach())
         return loss, metrics
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Next-token cross-entropy on the chosen completion, logits = h · Eᵀ with the
+        (tied) input embeddings E; only the labelled positions go through the vocabulary."""
+        keep = labels >= 0                                       # (n, P + C1)
+        h = hidden[:, :labels.shape[1]][keep]                    # (N, H)
+        embeddings = self.accelerator.unwrap_model(self.model).get_input_embeddings().weight
+        logits = (h @ embeddings.t()).float()                    # (N, V)
+        target = labels[keep]
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == target).float().mean()
+        return loss, {"lm_token_accuracy": accuracy}
 
     def _score_head(self):
         """The linear head (`score`), inside whatever wraps the model (DDP, PEFT)."""
@@ -114,6 +145,22 @@ class RewardModelTrainer(PairData, Trainer):
 
     def generation_eval(self, tag: str) -> None:
         return None   # a reward model does not generate; its metric is eval/rewards/accuracy
+
+
+def _chosen_lm_labels(pairs: list[Pair], shared: list[list[int]], chosen: list[list[int]],
+                      widths: tuple[int, int, int]) -> torch.Tensor:
+    """(n, P + C1) next-token labels over the [shared | chosen rest] columns of a
+    `collate_pairs` row: column j holds the chosen-completion token at column j + 1, −100
+    elsewhere (the prompt, padding). The shared segment is left-padded to width P and ends
+    with the completions' common start."""
+    width_p, width_c, _ = widths
+    labels = torch.full((len(pairs), width_p + width_c), -100, dtype=torch.long)
+    for row, (p, s, c) in enumerate(zip(pairs, shared, chosen, strict=True)):
+        common = len(s) - len(p.prompt_ids)
+        tokens = s[len(p.prompt_ids):] + c            # the whole chosen completion
+        first = width_p - common                      # its first token's column
+        labels[row, first - 1:first - 1 + len(tokens)] = torch.tensor(tokens)
+    return labels
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
