@@ -193,6 +193,9 @@ class RewardModelConfig:
                                 "every completion token from where chosen and rejected first "
                                 "differ, predicts which one it reads (Cobbe et al. 2021)",
                                 ge=0.0)
+    lm_weight: float = param(0.0, "weight of a next-token loss on the chosen completion "
+                             "through the tied embeddings (Yang et al. 2024): teaches the "
+                             "network the result it must check", ge=0.0)
 
 
 @dataclass
