@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout clean
 
 setup:
 	bash scripts/setup.sh
@@ -48,6 +48,11 @@ bench-actor-critic: setup
 # vLLM vs HF generate tokens/s (batch 32 and 128) and sync_weights time.
 bench-rollout: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/rollout.py --json bench/rollout.json
+
+# Online samples grouped (prompt once, one row per prompt) vs one row per sample:
+# forward+backward time over G and completion lengths, and the layout cost rule (~15 min).
+bench-layout: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/group_layout.py --json bench/group_layout.json
 
 # One DPO recipe on 1 process, 2 (DDP), ZeRO-2 and ZeRO-3: s/step, tokens/s.
 bench-scaling: setup

@@ -11,12 +11,16 @@ of one sample (the first) and of any of the N (the ceiling a perfect scorer woul
 from __future__ import annotations
 
 import json
+import sys
 import time
+
+import torch
 
 from alignment import atomic
 from alignment.data import load_examples, render_prompt, scorer_prompt
 from alignment.models import load_tokenizer, resolve_dtype, resolve_model
 from alignment.rollout import SamplingParams, make_engine, vllm_available
+from alignment.rollout.kv_cache import model_kv_cache
 from alignment.rollout.types import sample_seed
 from reward_models import is_correct
 
@@ -42,11 +46,17 @@ def best_of_n(model: str, data: str, output: str, scorer, *, n: int = 8,
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
-    options = {}
-    if backend == "vllm":
-        options = {"dtype": str(torch_dtype).removeprefix("torch."), "seed": seed,
-                   "max_model_len": max(len(p) for p in prompt_ids) + sampling.max_new_tokens + 8}
+    options, kv_cache = {}, None
+    if backend == "vllm":   # the KV cache for one batch: prompts_per_batch x n sequences
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        longest = max(len(p) for p in prompt_ids) + sampling.max_new_tokens
+        batch = min(prompts_per_batch, len(prompt_ids)) * n
+        kv_cache = model_kv_cache(path, dtype_name, [(batch, longest)], longest + 8)
+        options = {"dtype": dtype_name, "seed": seed, "max_model_len": longest + 8,
+                   "kv_cache_gb": kv_cache.gib}
     engine = make_engine(backend, model=policy, tokenizer=tokenizer, model_path=path, **options)
+    if kv_cache is not None and not torch.cuda.is_available():
+        print(f"KV cache: {kv_cache}", file=sys.stderr)
 
     rows, stats = [], {"best": 0, "first": 0, "any": 0, "with_answer": 0, "errors": 0}
     starts = range(0, len(examples), prompts_per_batch)
@@ -82,6 +92,8 @@ def best_of_n(model: str, data: str, output: str, scorer, *, n: int = 8,
     summary = {"model": model, "data": str(data), "output": str(output), "n": n,
                "prompts": len(rows), "backend": engine.backend,
                "seconds": round(time.perf_counter() - t0, 1), "scorer_errors": stats["errors"]}
+    if kv_cache is not None and not torch.cuda.is_available():
+        summary["kv_cache"] = str(kv_cache)
     m = stats["with_answer"]
     if m:
         summary.update({"accuracy_best_of_n": stats["best"] / m,

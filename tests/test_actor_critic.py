@@ -30,7 +30,7 @@ from alignment.trainers.apa import APATrainer
 from alignment.trainers.drpo import DRPOTrainer
 from alignment.trainers.online import Sample
 from alignment.trainers.ppo import PPOTrainer
-from alignment.trainers.sequences import collate_groups, collate_sequences
+from alignment.trainers.sequences import collate_online, collate_sequences
 from alignment.value_model import load_critic, token_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,14 +88,15 @@ def make_trainer(algorithm, out, policy, prompts, **sections):
 
 
 # ------------------------------------------------------------------ the critic
-def test_packed_values_equal_values_of_separate_sequences(policy):
+@pytest.mark.parametrize("layout", ["grouped", "separate"])
+def test_packed_values_equal_values_of_separate_sequences(policy, layout):
     critic = load_critic("policy", policy, torch.float64)
     torch.nn.init.normal_(critic.score.weight)   # (a fresh head is 0: make values vary)
     prompts = [[1, 5, 7, 9], [3, 4]]
     groups = [[[10, 11, 12], [13], [14, 15]], [[20, 21, 22, 23], [24, 25]]]
     from alignment.trainers.sequences import select_completion_columns
 
-    packed_batch = collate_groups(prompts, groups, 0)
+    packed_batch = collate_online(prompts, groups, 0, layout=layout)
     _, k, width = packed_batch["group_layout"]
     kept = token_values(critic, input_ids=packed_batch["input_ids"],
                         attention_mask=packed_batch["attention_mask"],

@@ -73,6 +73,13 @@ MALFORMED = [
     ("algorithm: dpo\n", ["trainer.lr.x=1"], ["trainer.lr: expected a number (got {'x': 1})"]),
     ("- just\n- a list\n", [], ["the top level must be a mapping"]),
     ("algorithm: dpo\ntrainer: {lr: [1, 2\n", [], ["not valid YAML"]),
+    ("algorithm: grpo\nrollout:\n  kv_cache_gb: lots\n", [],
+     ["rollout.kv_cache_gb: expected 'auto' or a number (got 'lots')"]),
+    ("algorithm: grpo\nrollout:\n  kv_cache_gb: 0\n", [], ["rollout.kv_cache_gb: must be > 0.0"]),
+    ("algorithm: grpo\ngrpo:\n  layout: rows\n", [],
+     ["grpo.layout: must be one of 'auto', 'grouped', 'separate'", "'rows'"]),
+    ("algorithm: dpo\ndpo:\n  layout: separate\n", [],
+     ["dpo.layout applies only with dpo.online: true"]),
 ]
 
 

@@ -19,9 +19,12 @@ from alignment.trainers.grpo import GRPOTrainer
 from alignment.trainers.online import Sample
 from alignment.trainers.sequences import (
     collate_groups,
+    collate_online,
+    collate_separate,
     collate_sequences,
     completion_token_logps,
     group_token_logps,
+    layout_costs,
 )
 
 
@@ -51,11 +54,14 @@ def make_recipe(out, model, prompts, **sections):
 
 
 # ------------------------------------------------------------------ packed groups
-def test_packed_groups_equal_independent_sequences(tiny_model_dir):
+@pytest.mark.parametrize("collate", [collate_groups, collate_separate],
+                         ids=["grouped", "separate"])
+def test_packed_groups_equal_independent_sequences(tiny_model_dir, collate):
+    """Both layouts of the online trainers give the log-probs of independent sequences."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
     prompts = [[1, 5, 7, 9], [3, 4]]
     groups = [[[10, 11, 12], [13], [14, 15]], [[20, 21, 22, 23], [24, 25]]]
-    packed = group_token_logps(model, collate_groups(prompts, groups, 0), temperature=0.7)
+    packed = group_token_logps(model, collate(prompts, groups, 0), temperature=0.7)
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = collate_sequences(flat_prompts, [c for g in groups for c in g], 0)
     plain = completion_token_logps(model, flat, temperature=0.7)
@@ -63,6 +69,38 @@ def test_packed_groups_equal_independent_sequences(tiny_model_dir):
     assert packed.shape == plain.shape == (5, 4)
     assert plain[mask].abs().min() > 0.1          # real log-probs, not zeros
     torch.testing.assert_close(packed[mask], plain[mask], rtol=1e-10, atol=1e-10)
+
+
+def test_attention_width_of_the_bundled_model(bundled_model_dir):
+    from transformers import AutoConfig
+
+    from alignment.trainers.sequences import BUNDLED_ATTENTION_WIDTH, attention_width
+
+    # d 576, d_attn 9 x 64 = 576, d_kv 3 x 64 = 192, d_ff 1536:
+    # (2·576·576 + 2·576·192 + 3·576·1536) / (2·576) = 576 + 192 + 2304 = 3072, x 0.5
+    assert attention_width(AutoConfig.from_pretrained(bundled_model_dir)) == 1536.0
+    assert BUNDLED_ATTENTION_WIDTH == 1536.0
+
+
+def test_auto_layout_picks_the_cheaper_one(tiny_model_dir):
+    """Short completions after a long prompt: grouped (the prompt once); 16 completions of
+    up to 256 tokens: separate (a 4,192-wide grouped row pays its width in attention). The
+    same log-probs whichever is picked."""
+    prompts = [list(range(3, 99))]                                  # 96 tokens
+    short = [[[40 + j] * 16 for j in range(8)]]                     # G = 8, 16 tokens each
+    uneven = [[[40 + j] * (16 + 16 * j) for j in range(16)]]        # G = 16, 16..256 tokens
+    assert layout_costs(prompts, short)["grouped"] < layout_costs(prompts, short)["separate"]
+    assert layout_costs(prompts, uneven)["separate"] < layout_costs(prompts, uneven)["grouped"]
+    assert collate_online(prompts, short, 0)["layout"] == "grouped"
+    assert collate_online(prompts, uneven, 0)["layout"] == "separate"
+    assert collate_online(prompts, uneven, 0, layout="grouped")["layout"] == "grouped"
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    groups = [[c[:20] for c in uneven[0][:5]]]           # a smaller shape for the model
+    auto, grouped = (group_token_logps(model, collate_online(prompts, groups, 0, layout=x))
+                     for x in ("separate", "grouped"))
+    mask = collate_groups(prompts, groups, 0)["completion_mask"]
+    torch.testing.assert_close(auto[mask], grouped[mask], rtol=1e-10, atol=1e-10)
 
 
 # ------------------------------------------------------------------ the update
@@ -121,6 +159,33 @@ def test_micro_batches_give_the_same_update(tmp_path, tiny_model_dir, prompts_fi
     torch.testing.assert_close(params[0], params[1], rtol=1e-9, atol=1e-12)
 
 
+def test_both_layouts_give_the_same_update(tmp_path, tiny_model_dir, prompts_file):
+    """grpo.layout grouped or separate: the same loss, the same step. (The loss to 1e-10;
+    the step to 1e-6 of its size: HF's Llama RMSNorm runs in float32 even in a float64
+    model, so gradients summed in another order round differently there.)"""
+    advantages = [1.5, -0.5, -0.5, -0.5, -1.0, 1.0, -1.0, 1.0]
+    steps, losses = [], []
+    for layout in ("grouped", "separate"):
+        trainer = GRPOTrainer(make_recipe(tmp_path / layout, tiny_model_dir, prompts_file,
+                                          trainer={"optimizer": "sgd"},
+                                          grpo={"layout": layout}))
+        trainer.before_training()
+        trainer.gaps = []
+        batch = trainer.collate(fixed_samples(trainer, advantages))
+        assert batch["layout"] == layout
+        before = _flat_parameters(trainer.policy)
+        losses.append(trainer.update([batch])["loss"])
+        steps.append(_flat_parameters(trainer.policy) - before)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    size = steps[0].abs().max().item()
+    assert size > 1e-6                                   # the step moved the parameters
+    torch.testing.assert_close(steps[0], steps[1], rtol=0, atol=1e-6 * size)
+
+
+def _flat_parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
 # ------------------------------------------------------------------ whole runs
 def test_run_logs_rewards_time_split_and_eval(tmp_path, tiny_model_dir, prompts_file):
     trainer = GRPOTrainer(make_recipe(tmp_path, tiny_model_dir, prompts_file,
@@ -134,7 +199,8 @@ def test_run_logs_rewards_time_split_and_eval(tmp_path, tiny_model_dir, prompts_
     step = rows[1]
     for key in ("loss", "reward", "rewards/exact_answer", "rewards/regex", "accuracy",
                 "completion_length", "kl", "clip_fraction", "time/generate", "time/score",
-                "time/update", "time/sync", "rollout/logprob_gap_mean", "grad_norm"):
+                "time/update", "time/sync", "rollout/logprob_gap_mean", "grad_norm",
+                "layout/grouped"):
         assert key in step, key
     assert step["samples"] == 8
     assert step["rollout/logprob_gap_max"] < 1e-4     # hf backend: same weights (fp32 scores)
@@ -232,6 +298,11 @@ def test_grpo_with_vllm_engine_end_to_end(tmp_path, bundled_model_dir, repo_root
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rollout engine: vllm" in done.stderr
+    # the KV cache for a step's 2 x 4 sequences of 96 + 8 tokens (rollout.kv_cache_gb: auto)
+    assert re.search(r"KV cache: [\d.]+ GiB for 8 sequences × 104 tokens \(auto\)",
+                     done.stderr), done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["kv_cache"]["sequences"], summary["kv_cache"]["auto"]) == (8, True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "time/sync" in r]
     assert len(steps) == 2
@@ -239,6 +310,7 @@ def test_grpo_with_vllm_engine_end_to_end(tmp_path, bundled_model_dir, repo_root
         assert r["rollout/probe_gap"] < 0.15            # the sync took effect
         assert r["rollout/logprob_gap_mean"] < 0.1       # engine samples from our weights
         assert r["samples"] == 8
+        assert r["layout/grouped"] == 1.0                # 8-token completions: grouped
     assert (out / "final" / "model.safetensors").is_file()
 
 

@@ -175,7 +175,18 @@ def vllm_engine(bundled_model_dir, bundled_fp32):
     pytest.importorskip("vllm")
     from alignment.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(bundled_model_dir, bundled_fp32[1], dtype="float32", max_model_len=512)
+    return VLLMEngine(bundled_model_dir, bundled_fp32[1], dtype="float32", max_model_len=512,
+                      kv_cache_gb=0.5)
+
+
+@pytest.mark.vllm
+@pytest.mark.bundled
+def test_vllm_kv_cache_is_the_size_asked_for(vllm_engine):
+    """`kv_cache_gb` reaches vLLM in bytes (once whole GiB, at least 1): 0.5 GiB in fp32 is
+    0.5 x 2^30 / (128 tokens x 2 x 30 layers x 3 KV heads x 64 x 4 bytes) = 91.02 blocks."""
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA the cache is what gpu_memory_utilization leaves")
+    assert vllm_engine.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks == 91
 
 
 @pytest.mark.vllm

@@ -41,7 +41,7 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
 
 # keys of a pair loss's section that only its online mode reads (offline-only: the rest)
 PAIRS_ONLINE_KEYS = ("prompts_per_step", "num_generations", "max_sampling_rounds",
-                     "overlong_cache", "mask_truncated")
+                     "overlong_cache", "mask_truncated", "layout")
 PAIRS_OFFLINE_KEYS = ("reference", "rewards_from", "reward_columns")
 
 

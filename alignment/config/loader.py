@@ -292,7 +292,12 @@ def _coerce(value: Any, tp: Any) -> Any:
                 return _coerce(value, inner[0])
             except _BadValue as exc:
                 raise _BadValue(f"{exc}, or null") from None
-        raise _BadValue(f"expected {_type_name(tp)}")
+        for option in inner:   # e.g. 'auto' | float: the first option that takes the value
+            try:
+                return _coerce(value, option)
+            except _BadValue:
+                pass
+        raise _BadValue("expected " + " or ".join(_kind(o) for o in inner))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -400,6 +405,14 @@ def _choices_hint(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " (one of " + ", ".join(repr(c) for c in typing.get_args(tp)) + ")"
     return ""
+
+
+def _kind(tp: Any) -> str:
+    """A value of type `tp`, in words (for 'expected ...' messages)."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"
+            }.get(tp, _type_name(tp))
 
 
 def _type_name(tp: Any) -> str:

@@ -105,6 +105,11 @@ class OnlineConfig:
                                 ge=0)
     mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
                                  "loss (DAPO's overlong filtering)")
+    layout: Literal["auto", "grouped", "separate"] = param(
+        "auto", "training forward of a micro-batch: grouped = one row per prompt with its "
+        "samples after it (prompt computed once; 4-D mask, width prompt + k x longest "
+        "completion), separate = one row per sample, auto = whichever is predicted cheaper "
+        "for each micro-batch (bench/RESULTS.md); same log-probs either way")
 
 
 @dataclass
@@ -319,7 +324,11 @@ class RolloutConfig:
     max_new_tokens: int = param(64, "completion budget per sample", gt=0)
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = param(
         "auto", "engine dtype (vllm); auto = the policy's dtype")
-    kv_cache_gb: float = param(1.0, "vllm on CPU: KV-cache memory (GiB)", gt=0.0)
+    kv_cache_gb: Literal["auto"] | float = param(
+        "auto", "vllm on CPU: KV-cache memory in GiB, or auto = what the run's largest "
+        "generate call needs at once (sequences x (data.max_prompt_length + max_new_tokens) x "
+        "the model's KV bytes per token, x 1.25), printed at engine start; on CUDA the "
+        "engine's share is gpu_memory_utilization", gt=0.0)
     gpu_memory_utilization: float = param(0.3, "vllm on CUDA: fraction of GPU memory the "
                                           "engine may take (the rest is for training)",
                                           gt=0.0, le=1.0)

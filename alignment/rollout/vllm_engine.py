@@ -42,12 +42,15 @@ class VLLMEngine:
                  probe_tolerance: float | None = None):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # its INFO lines drown ours
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gb))))
         from vllm import LLM
 
-        kwargs = {}
+        # CUDA: vLLM fills its share of the GPU (after weights and activations) with KV cache.
+        # CPU: exactly `kv_cache_gb` (bytes, not the whole GiB of VLLM_CPU_KVCACHE_SPACE,
+        # which, when set in the environment, still wins inside vLLM)
         if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs = {"gpu_memory_utilization": gpu_memory_utilization}
+        else:
+            kwargs = {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))}
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=True, seed=seed, logprobs_mode="processed_logprobs",
                        **kwargs)

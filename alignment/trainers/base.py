@@ -162,6 +162,10 @@ class Trainer(abc.ABC):
     def load_extra_state(self, state: dict) -> None:  # noqa: B027 - optional hook
         """Restore `extra_state()` on resume."""
 
+    def run_info(self) -> dict:
+        """Set-up facts for summary.json (e.g. the rollout engine's KV cache)."""
+        return {}
+
     def _module_state(self, weights: dict | None, name: str) -> dict | None:
         """A gathered state dict of `trainable` cut down to one of its models."""
         if weights is None or self.trainable is self.policy:
@@ -215,6 +219,7 @@ class Trainer(abc.ABC):
                    "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
                    "final_eval": final_eval, "output_dir": str(self.output_dir)}
         summary["generation_eval"] = self.generation_eval("after")
+        summary.update(self.run_info())
         self.export_final()
         logger.close(summary)
         self.accelerator.wait_for_everyone()

@@ -140,7 +140,11 @@ RESUME_MAY_CHANGE = ("output_dir", "trainer.max_steps", "trainer.epochs",
                      "trainer.save_every", "trainer.keep_checkpoints", "trainer.log_every",
                      "trainer.eval_every", "trainer.threads", "trainer.max_nan_steps",
                      "trainer.resume_ignore_changes", "data.eval", "data.eval_limit",
-                     "eval.", "launch.", "logging.")
+                     "eval.", "launch.", "logging.",
+                     # memory budgets and the batch layout: same computation, other machine
+                     "rollout.kv_cache_gb", "rollout.gpu_memory_utilization",
+                     *(f"{name}.layout" for name in ("dpo", "ipo", "copg", "grpo", "ppo",
+                                                     "apa", "drpo")))
 
 
 def check_recipe(folder: Path, current_yaml: str, *, ignore: bool, say) -> None:

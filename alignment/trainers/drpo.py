@@ -35,6 +35,10 @@ class DRPOTrainer(PPOTrainer):
             ex.reset_ids = ids + [self.tokenizer.eos_token_id]   # generation's EOS convention
         return examples
 
+    def rollout_batch(self) -> tuple[int, int]:
+        sequences, tokens = super().rollout_batch()   # + the longest forced prefix
+        return sequences, tokens + max(len(e.reset_ids) for e in self.train_set) - 1
+
     def generate_rollouts(self, prompts: list[PromptExample], round_: int
                           ) -> tuple[list[PromptExample], Rollouts]:
         """One reset per sample. The engine takes one prefix per request, so each prompt

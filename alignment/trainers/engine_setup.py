@@ -3,10 +3,15 @@ loop, and SPIN's generation phases): backend choice, sampling settings, vLLM opt
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+
+import torch
 
 from alignment.data import DataError, load_examples, render_prompt, scorer_prompt
 from alignment.rollout import SamplingParams, make_engine, vllm_available
+from alignment.rollout.kv_cache import KVCacheSize, model_kv_cache
 from alignment.trainers.online_parts import PromptExample
 from reward_models import is_correct
 
@@ -58,14 +63,45 @@ class EngineSetup:
                                   model_path=str(self.model_path), **options)
         self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "
                   "to start)")
+        if backend == "vllm" and torch.cuda.is_available():
+            self._say(f"KV cache: what vLLM keeps of rollout.gpu_memory_utilization="
+                      f"{r.gpu_memory_utilization} after weights and activations; the run's "
+                      f"largest generate call needs {self.kv_cache_needed}")
+        elif backend == "vllm":
+            self._say(f"KV cache: {self.kv_cache}")
+
+    def rollout_batch(self) -> tuple[int, int]:
+        """(sequences generated at once, tokens of each) in one step: sizes the KV cache."""
+        raise NotImplementedError
+
+    def engine_generations(self) -> list[tuple[int, int]]:
+        """The engine's generate calls as (sequences at once, tokens each): a step's, and
+        the greedy eval pass over this process's share of data.eval."""
+        calls = [self.rollout_batch()]
+        if self.eval_set:
+            calls.append((math.ceil(len(self.eval_set) / self.world),
+                          self.recipe.data.max_prompt_length + self.recipe.eval.max_new_tokens))
+        return calls
 
     def _vllm_options(self) -> dict:
         r = self.recipe.rollout
         longest = self.recipe.data.max_prompt_length + max(r.max_new_tokens,
                                                            self.recipe.eval.max_new_tokens)
-        return {"dtype": r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch."),
-                "kv_cache_gb": r.kv_cache_gb, "gpu_memory_utilization": r.gpu_memory_utilization,
+        dtype = r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch.")
+        self.kv_cache_needed = model_kv_cache(str(self.model_path), dtype,
+                                              self.engine_generations(), longest + 8)
+        self.kv_cache = (self.kv_cache_needed if r.kv_cache_gb == "auto"
+                         else KVCacheSize(float(r.kv_cache_gb)))
+        return {"dtype": dtype, "kv_cache_gb": self.kv_cache.gib,
+                "gpu_memory_utilization": r.gpu_memory_utilization,
                 "max_model_len": longest + 8, "seed": self.cfg.seed + self.rank}
+
+    def run_info(self) -> dict:
+        """The engine's set-up, for summary.json."""
+        info = {"rollout_backend": getattr(getattr(self, "engine", None), "backend", None)}
+        if info["rollout_backend"] == "vllm" and not torch.cuda.is_available():
+            info["kv_cache"] = dataclasses.asdict(self.kv_cache)
+        return info
 
     def engine_accuracy(self, examples: list[PromptExample] | None = None) -> dict:
         """Greedy exact-answer accuracy on `examples` (default: data.eval) through the

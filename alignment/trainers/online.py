@@ -45,7 +45,7 @@ from alignment.trainers.online_parts import (  # noqa: F401 - _micro_batches: te
     _runs,
     _timed,
 )
-from alignment.trainers.sequences import collate_groups, group_token_logps
+from alignment.trainers.sequences import attention_width, collate_online, group_token_logps
 from reward_models.registry import build_composite
 
 VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
@@ -65,10 +65,13 @@ class OnlineTrainer(EngineSetup, Trainer):
         return len(example.prompt_ids)
 
     def collate(self, samples: list[Sample], split: str = "train") -> dict:
-        """Samples of one group share one copy of their prompt (`collate_groups`)."""
+        """Samples of one group share one copy of their prompt (`collate_groups`), or get a
+        row each (`collate_separate`), as `<algorithm>.layout` says or is cheaper."""
         groups = _runs(samples)
-        batch = collate_groups([g[0].prompt_ids for g in groups],
-                               [[s.completion_ids for s in g] for g in groups], self.pad_id)
+        batch = collate_online([g[0].prompt_ids for g in groups],
+                               [[s.completion_ids for s in g] for g in groups], self.pad_id,
+                               layout=self.algo.layout,
+                               width0=attention_width(self.policy.config))
         width = batch["completion_mask"].shape[1]
         loss_mask = torch.zeros((len(samples), width), dtype=torch.bool)
         sampling = torch.zeros((len(samples), width), dtype=torch.float32)
@@ -97,6 +100,10 @@ class OnlineTrainer(EngineSetup, Trainer):
     @property
     def update_iterations(self) -> int:
         return 1
+
+    def rollout_batch(self) -> tuple[int, int]:
+        return (self.prompts_per_step * self.samples_per_prompt,
+                self.recipe.data.max_prompt_length + self.recipe.rollout.max_new_tokens)
 
     def make_sample(self, rollouts: Rollouts, i: int, reward: float, truncated: bool,
                     advantage: float = 0.0) -> Sample:
@@ -247,6 +254,9 @@ class OnlineTrainer(EngineSetup, Trainer):
                 f.writelines(json.dumps(e) + "\n" for e in info.examples)
         metrics.update({"step_seconds": seconds, "tokens": tokens,
                         "tokens_per_s": tokens / seconds, "samples": n_samples,
+                        # share of this process's micro-batches in the grouped layout
+                        "layout/grouped": sum(b["layout"] == "grouped" for b in batches)
+                        / len(batches),
                         "epoch": (self.step + 1) / self.steps_per_epoch})
         if self.gaps:
             metrics["rollout/logprob_gap_mean"] = sum(g[0] for g in self.gaps) / len(self.gaps)

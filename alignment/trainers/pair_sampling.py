@@ -8,8 +8,9 @@
         update, engine.sync_weights(policy)
 
 A pair is two samples of one prompt, kept side by side as one group of 2 in the packed
-layout (`collate_groups`: the prompt computed once per pair). Log-probs are taken at the
-rollout temperature, as the engine sampled them (so the engine/trainer gap is meaningful).
+layout (`collate_groups`: the prompt computed once per pair; or a row each, `layout`).
+Log-probs are taken at the rollout temperature, as the engine sampled them (so the
+engine/trainer gap is meaningful).
 """
 
 from __future__ import annotations

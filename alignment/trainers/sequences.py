@@ -9,7 +9,10 @@ never to prompt tokens. Position ids count real tokens only, so left padding doe
 shift positions.
 
 For preference pairs (`collate_pairs`) the prompt is shared: one row per pair holds the
-prompt once and both completions, kept apart by a 4-D attention mask.
+prompt once and both completions, kept apart by a 4-D attention mask. Online samples
+(G per prompt) come in two layouts with the same keys and the same log-probs:
+`collate_groups` (a prompt once, its G completions after it under a 4-D mask) and
+`collate_separate` (a row per sample); `collate_online` picks the cheaper one per batch.
 """
 
 from __future__ import annotations
@@ -143,13 +146,88 @@ def collate_groups(prompt_ids: list[list[int]], groups: list[list[list[int]]],
     continues the prompt's positions. With G = 8 samples of ~6 tokens after a 50-token
     prompt this processes ~100 tokens per group instead of ~450.
     """
+    batch = _rows(prompt_ids, groups, pad_id)
+    segment = batch.pop("segment")
+    width = segment.shape[1]
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = causal & (key != 0) & ((key == 1) | (key == query))
+    visible |= torch.eye(width, dtype=torch.bool) & (query == 0)  # pad rows: no empty softmax
+    return {**batch, "attention_mask": visible[:, None], "layout": "grouped"}   # (n, 1, L, L)
+
+
+def collate_separate(prompt_ids: list[list[int]], groups: list[list[list[int]]],
+                     pad_id: int) -> dict[str, torch.Tensor]:
+    """The samples of `collate_groups`, one row per sample: `[pad.. prompt | c ..pad]`, the
+    prompt repeated, a plain 2-D padding mask. The same keys (groups of one: k = 1), so
+    every `group_*` function below reads either layout, and the samples keep their order."""
+    flat_prompts = [p for p, group in zip(prompt_ids, groups, strict=True) for _ in group]
+    batch = _rows(flat_prompts, [[c] for group in groups for c in group], pad_id)
+    segment = batch.pop("segment")
+    return {**batch, "attention_mask": (segment != 0).long(), "layout": "separate"}
+
+
+# Attention under a dense mask gets about half the work per second of the big matmuls:
+# the crossover width measured on the bundled model on CPU (1,526, bench/group_layout.py)
+# over the one its FLOPs give (3,072, `attention_width`).
+ATTENTION_EFFICIENCY = 0.5
+BUNDLED_ATTENTION_WIDTH = 1536.0   # attention_width() of SmolLM2-135M
+
+
+def attention_width(config) -> float:
+    """The row width at which a position's attention work equals the rest of its work.
+    Per position and layer, in multiply-adds: the projections and a gated MLP,
+    2·d·d_attn + 2·d·d_kv + 3·d·d_ff, against 2·d_attn·width for scores and weighted sum
+    (both x3 with the backward); then x ATTENTION_EFFICIENCY. Wider models spend more on
+    the matmuls, so attention, and the grouped layout's width, costs them relatively less."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    d_attn = heads * head_dim
+    d_kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    d_ff = getattr(config, "intermediate_size", None) or 4 * d
+    return ATTENTION_EFFICIENCY * (2 * d * d_attn + 2 * d * d_kv + 3 * d * d_ff) / (2 * d_attn)
+
+
+def layout_costs(prompt_ids: list[list[int]], groups: list[list[list[int]]],
+                 width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
+    """Predicted forward+backward cost of the two layouts: rows x width x (1 + width / W0),
+    W0 = `attention_width`. Both pad every completion to the batch's longest (C); grouped
+    saves the prompt's repeats, but its rows are k completions wide and attention grows
+    with the width."""
+    width_p = max(len(p) for p in prompt_ids)
+    width_c = max(max((len(c) for c in g), default=1) for g in groups)
+    k = max(len(g) for g in groups)
+
+    def cost(rows: int, width: int) -> float:
+        return rows * width * (1.0 + width / width0)
+
+    return {"grouped": cost(len(groups), width_p + k * width_c),
+            "separate": cost(sum(len(g) for g in groups), width_p + width_c)}
+
+
+def collate_online(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: int,
+                   layout: str = "auto", width0: float = BUNDLED_ATTENTION_WIDTH
+                   ) -> dict[str, torch.Tensor]:
+    """`collate_groups` or `collate_separate`; `auto`: whichever `layout_costs` predicts
+    is cheaper for this batch (grouped on a tie). Same log-probs either way."""
+    if layout == "auto":
+        costs = layout_costs(prompt_ids, groups, width0)
+        layout = "separate" if costs["separate"] < costs["grouped"] else "grouped"
+    collate = {"grouped": collate_groups, "separate": collate_separate}[layout]
+    return collate(prompt_ids, groups, pad_id)
+
+
+def _rows(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: int) -> dict:
+    """Token rows `[pad.. prompt | c_1 ..pad | ... | c_k ..pad]` and what every layout
+    needs besides its attention mask; `segment` (0 pad, 1 prompt, 2.. completion j) is
+    what the mask is made of."""
     n = len(prompt_ids)
     k = max(len(g) for g in groups)
     width_p = max(len(p) for p in prompt_ids)
     width_c = max(max((len(c) for c in g), default=1) for g in groups)
     width = width_p + k * width_c
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    segment = torch.zeros((n, width), dtype=torch.long)   # 0 pad, 1 prompt, 2.. completion j
+    segment = torch.zeros((n, width), dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
     completion_mask = torch.zeros((n, k, width_c), dtype=torch.bool)
     for row, (p, group) in enumerate(zip(prompt_ids, groups, strict=True)):
@@ -161,14 +239,9 @@ def collate_groups(prompt_ids: list[list[int]], groups: list[list[list[int]]],
             position_ids[row, start:start + len(tokens)] = torch.arange(len(tokens)) + first_pos
         for j, c in enumerate(group):
             completion_mask[row, j, :len(c)] = True
-    query, key = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = causal & (key != 0) & ((key == 1) | (key == query))
-    visible |= torch.eye(width, dtype=torch.bool) & (query == 0)  # pad rows: no empty softmax
     sizes = [len(g) for g in groups]
-    return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (n, 1, L, L)
-            "position_ids": position_ids, "group_layout": (width_p, k, width_c),
-            "group_sizes": sizes,
+    return {"input_ids": input_ids, "segment": segment, "position_ids": position_ids,
+            "group_layout": (width_p, k, width_c), "group_sizes": sizes,
             # (samples, C) in sample order (group by group), as the per-sample tensors
             "completion_mask": completion_mask.view(n * k, width_c)[_filled(sizes, k)],
             # tokens of the unshared sequences prompt+completion: comparable across trainers

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import asdict
 
@@ -123,6 +124,11 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
     # ------------------------------------------------------------------ the loop
     def before_training(self) -> None:
         self.start_engine()
+
+    def rollout_batch(self) -> tuple[int, int]:
+        """An iteration's generation: this process's share of the demonstrations at once."""
+        return (math.ceil(len(self.demos) / self.world),
+                self.recipe.data.max_prompt_length + self.recipe.rollout.max_new_tokens)
 
     def _train_step(self) -> dict:
         t, in_iteration = self._iteration_at(self.step)
@@ -262,7 +268,9 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
         """What an iteration's pairs depend on besides θ_t: the model, the data, the
         sampling, the seed and the mixing (not the step budget, which may be extended)."""
         r = self.recipe
-        parts = [t, str(self.model_path), asdict(r.data), asdict(r.rollout), self.cfg.seed,
+        rollout = {k: v for k, v in asdict(r.rollout).items()   # (not the memory budgets)
+                   if k not in ("kv_cache_gb", "gpu_memory_utilization")}
+        parts = [t, str(self.model_path), asdict(r.data), rollout, self.cfg.seed,
                  self.cfg.batch_size, r.spin.mix_previous, str(self.dtype)]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
