@@ -8,7 +8,7 @@ Each point is one invocation of the same-run benches (`bench/grpo_vs_trl.py`,
 `bench/dpo_vs_trl.py`), every trainer in its own fresh process:
   grpo-length  2 prompts x 4 samples, at most 16 / 64 / 256 new tokens (bf16)
   grpo-group   2 prompts x G = 4 / 8 / 16 samples, at most 32 new tokens (bf16)
-  dpo-length   8 steps of 4 pairs, each answer written 1 / 4 / 16 times (bf16; TRL in the
+  dpo-length   4 steps of 4 pairs, each answer written 1 / 4 / 16 times (bf16; TRL in the
                fastest configuration of the last `bench/dpo_vs_trl.json`, or --dpo-trl-config)
 GRPO completions stop at EOS: the mean completion tokens actually generated per step are
 recorded next to each time (a longer budget is only as costly as what the policy writes).
@@ -57,7 +57,8 @@ def grpo_point(knob: str, value: int, steps: int) -> dict:
 
 def dpo_point(repeat: int, trl_config: str) -> dict:
     r = run([sys.executable, str(ROOT / "bench/dpo_vs_trl.py"), "--repeat", str(repeat),
-             "--max-length", str(192 * repeat), "--trl-configs", trl_config])
+             "--steps", "4", "--batch", "4", "--max-length", str(192 * repeat),
+             "--trl-configs", trl_config])
     ours, trl = r["ours-bf16"], r[f"trl-{trl_config}"]
     tokens = r["config"]["tokens"]
     per_sequence = tokens / (2 * r["config"]["steps"] * r["config"]["batch"])
@@ -107,7 +108,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default=",".join(PARTS), help=", ".join(PARTS))
-    p.add_argument("--steps", type=int, default=4, help="GRPO steps per run (first = warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="GRPO steps per run (first = warm-up)")
     p.add_argument("--dpo-trl-config", default=None,
                    help="TRL's DPO configuration (default: the fastest in bench/dpo_vs_trl.json)")
     p.add_argument("--out", default=str(ROOT / "bench/cost_growth"))

@@ -120,7 +120,8 @@ def run_ours(args) -> dict:
                   "dtype": "bfloat16"},
         "data": {"train": args.pairs, "eval": None, "max_length": args.max_length},
         "trainer": {"lr": 5e-6, "batch_size": args.batch, "max_steps": args.steps,
-                    "scheduler": "constant", "save_every": None, "seed": 0},
+                    "scheduler": "constant", "save_every": None, "seed": 0,
+                    "optimizer": args.our_optimizer},
         "dpo": {"beta": 0.1}, "eval": {"before_after": False},
         "logging": {"tensorboard": False, "progress_bar": False},
     })
@@ -151,7 +152,8 @@ def launch(which: str, trl_config: str, args, pairs: str, workdir: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", which, "--trl-config", trl_config,
            "--pairs", pairs,
            "--workdir", workdir, "--steps", str(args.steps), "--batch", str(args.batch),
-           "--max-length", str(args.max_length), "--threads", str(args.threads)]
+           "--max-length", str(args.max_length), "--threads", str(args.threads),
+           "--our-optimizer", args.our_optimizer]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -171,6 +173,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--trl-configs", default=",".join(TRL_CONFIGS),
                    help="comma-separated, from: " + ", ".join(TRL_CONFIGS))
+    p.add_argument("--our-optimizer", choices=["adamw", "adamw_kahan"], default="adamw",
+                   help="our trainer.optimizer (adamw_kahan: no fp32 master copy)")
     p.add_argument("--worker", choices=["trl", "ours"])
     p.add_argument("--trl-config", default="bf16-nogc-pre")
     p.add_argument("--pairs")
@@ -212,7 +216,8 @@ def main() -> None:
           f"(TRL's lowest: {results[lowest]['peak_rss_gb']:.2f} GB, {lowest})")
     results["ours-bf16"] = ours
     results["fastest_trl"] = best
-    results["config"] = {"steps": args.steps, "batch": args.batch, "repeat": args.repeat,
+    results["config"] = {"our_optimizer": args.our_optimizer, "steps": args.steps,
+                         "batch": args.batch, "repeat": args.repeat,
                          "max_length": args.max_length, "tokens": tokens,
                          "threads": args.threads}
     if args.json:

@@ -159,7 +159,7 @@ def run_ours(args) -> dict:
         "trainer": {"lr": LR, "batch_size": args.prompts_per_step * args.generations,
                     "max_steps": args.steps, "scheduler": "constant", "warmup_steps": 0,
                     "max_grad_norm": 1.0, "save_every": None, "eval_every": None,
-                    "seed": 0, "threads": args.threads},
+                    "seed": 0, "threads": args.threads, "optimizer": args.our_optimizer},
         "grpo": {"prompts_per_step": args.prompts_per_step, "num_generations": args.generations,
                  "beta": 0.0, "aggregation": "grpo", "iterations": 1, "clip_low": 0.2,
                  "clip_high": 0.2, "scale_rewards": True},
@@ -207,7 +207,7 @@ def launch(which: str, dtype: str, args, prompts: str) -> dict:
            "--workdir", workdir, "--steps", str(args.steps), "--threads", str(args.threads),
            "--new-tokens", str(args.new_tokens), "--our-backend", args.our_backend,
            "--trl-bf16", args.trl_bf16, "--prompts-per-step", str(args.prompts_per_step),
-           "--generations", str(args.generations)]
+           "--generations", str(args.generations), "--our-optimizer", args.our_optimizer]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
     try:
@@ -230,6 +230,8 @@ def main() -> None:
     p.add_argument("--trl-bf16", choices=["weights", "autocast"], default="weights",
                    help="TRL at bf16: bf16 weights (pure bf16) or fp32 weights + autocast")
     p.add_argument("--only", choices=["trl", "ours"], help="run one trainer only")
+    p.add_argument("--our-optimizer", choices=["adamw", "adamw_kahan"], default="adamw",
+                   help="our trainer.optimizer (adamw_kahan: no fp32 master copy)")
     p.add_argument("--json", default=str(ROOT / "bench/grpo_vs_trl.json"))
     p.add_argument("--child", choices=["trl", "ours"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
@@ -256,6 +258,7 @@ def main() -> None:
         "prompts_per_step": args.prompts_per_step, "num_generations": args.generations,
         "max_new_tokens": args.new_tokens, "temperature": 1.0, "lr": LR, "beta": 0.0,
         "loss": "grpo", "threads": args.threads, "our_backend": args.our_backend,
+        "our_optimizer": args.our_optimizer,
         "trl_bf16": args.trl_bf16, "trl_generation": "hf (no vLLM)",
         "timing": "mean s/step over steps 2..N"}}
     which_list = [args.only] if args.only else ["trl", "ours"]

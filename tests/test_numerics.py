@@ -493,3 +493,48 @@ def test_a_vllm_engine_one_step_stale_in_bf16_is_caught(bundled_model_dir, token
     assert seen[-1][2] == 0.0                            # a stale engine: exactly unmoved
     assert engine.last_probe_gap < engine.probe_tolerance   # the gap alone would pass it
     engine.sync_weights(policy)
+
+
+def _trajectory(optimizer: str, dtype: torch.dtype, steps: int = 300) -> torch.Tensor:
+    """Weights of ~0.05 stepped by AdamW at lr 1e-5 with a fixed noisy gradient: each
+    update is ~2e-4 of the weight, below bf16's resolution (~4e-3)."""
+    from alignment.config.schema import TrainerConfig
+    from alignment.trainers.optim import MasterWeightOptimizer
+
+    gen = torch.Generator().manual_seed(0)
+    start = 0.05 + 0.01 * torch.randn(4096, generator=gen)
+    grads = torch.randn(steps, 4096, generator=gen) + 0.5     # a drift + noise
+    weight = torch.nn.Parameter(start.to(dtype).clone())
+    optim = MasterWeightOptimizer([weight], TrainerConfig(lr=1e-5, optimizer=optimizer,
+                                                          weight_decay=0.0,
+                                                          max_grad_norm=None))
+    for g in grads:
+        weight.grad = g.to(dtype)
+        optim.step()
+    return weight.detach().double() - start.to(dtype).double()
+
+
+def test_kahan_adamw_keeps_bf16_updates_that_plain_bf16_adamw_loses():
+    """trainer.optimizer adamw_kahan (no fp32 master copy) moves bf16 weights as the fp32
+    run moves them, where AdamW on the bf16 weights directly rounds most updates away."""
+    exact = _trajectory("adamw", torch.float32)
+    kahan = _trajectory("adamw_kahan", torch.bfloat16)
+    master = _trajectory("adamw", torch.bfloat16)              # fp32 master copy
+    weight = torch.nn.Parameter((0.05 + 0.01 * torch.randn(
+        4096, generator=torch.Generator().manual_seed(0))).bfloat16())
+    start = weight.detach().double().clone()
+    bare = torch.optim.AdamW([weight], lr=1e-5, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    torch.randn(4096, generator=gen)
+    for g in torch.randn(300, 4096, generator=gen) + 0.5:
+        weight.grad = g.bfloat16()
+        bare.step()
+    bare_moved = weight.detach().double() - start
+
+    def error(x):
+        return ((x - exact).norm() / exact.norm()).item()
+
+    # the rest is the rounding of the final bf16 weights themselves (~6% of the delta)
+    assert exact.abs().mean() > 1e-3                              # the weights did move
+    assert error(kahan) < 0.1 and error(master) < 0.1             # compensated / fp32 copy
+    assert error(bare_moved) > 3 * error(kahan)                   # bf16 alone: lost updates

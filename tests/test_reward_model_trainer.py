@@ -197,3 +197,22 @@ def test_lm_term_is_the_causal_lm_loss_on_the_chosen_completion(tmp_path, tiny_m
     loss.backward()    # the term trains the backbone (the embeddings are the LM head)
     assert trainer.accelerator.unwrap_model(trainer.model).get_input_embeddings() \
         .weight.grad.abs().sum() > 0
+
+
+def test_lm_term_can_read_a_middle_layer(tmp_path, tiny_model_dir):
+    """reward_model.lm_layer: the term reads that layer's output through the final norm;
+    the last layer gives exactly the default, a lower one a different loss; a layer the
+    model does not have is refused when the trainer is built."""
+    from alignment.errors import TrainingError
+
+    losses = {}
+    for layer in (None, 2, 1):
+        trainer, pairs = _rm_trainer(tmp_path / str(layer), tiny_model_dir, lm_weight=1.0,
+                                     lm_layer=layer)
+        trainer.model.double()
+        with torch.no_grad():
+            losses[layer] = trainer.compute_loss(trainer.collate(pairs))[1]["lm_loss"].item()
+    assert losses[2] == pytest.approx(losses[None], abs=1e-9)    # the tiny model has 2 layers
+    assert abs(losses[1] - losses[None]) > 1e-3
+    with pytest.raises(TrainingError, match="lm_layer: 3"):
+        _rm_trainer(tmp_path / "3", tiny_model_dir, lm_weight=1.0, lm_layer=3)

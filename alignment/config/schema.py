@@ -70,7 +70,10 @@ class TrainerConfig:
     batch_size: int = param(8, "sequences (pairs for preference data) per micro-batch "
                             "per process", gt=0)
     grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
-    optimizer: Literal["adamw", "rmsprop", "sgd"] = param("adamw", "optimizer")
+    optimizer: Literal["adamw", "adamw_kahan", "rmsprop", "sgd"] = param(
+        "adamw", "adamw: AdamW on fp32 master copies of bf16 weights; adamw_kahan: AdamW on "
+        "the bf16 weights themselves with Kahan-compensated updates (torch-optimi), no fp32 "
+        "copy: 10 instead of 18 bytes/parameter at the step; rmsprop; sgd")
     weight_decay: float = param(0.0, "decoupled weight decay", ge=0.0)
     scheduler: Literal["constant", "linear", "cosine"] = param(
         "linear", "LR schedule after warm-up (linear/cosine decay to 0)")
@@ -201,6 +204,10 @@ class RewardModelConfig:
     lm_weight: float = param(0.0, "weight of a next-token loss on the chosen completion "
                              "through the tied embeddings (Yang et al. 2024): teaches the "
                              "network the result it must check", ge=0.0)
+    lm_layer: int | None = param(None, "the layer whose output the lm_weight term reads "
+                                 "(through the final norm); null = the last. A middle layer "
+                                 "makes the network compute the result early, leaving the "
+                                 "layers above to compare it with what was written", ge=1)
 
 
 @dataclass

@@ -80,6 +80,10 @@ class Trainer(abc.ABC):
         self.trainable = self.build_trainable()   # what the engine wraps and the optimizer steps
         groups = self.param_groups()
         if self.zero_stage:
+            if self.cfg.optimizer == "adamw_kahan":   # DeepSpeed keeps its own fp32 copy
+                raise TrainingError("trainer.optimizer: adamw_kahan is for runs without "
+                                    "DeepSpeed (ZeRO keeps fp32 master weights itself); use "
+                                    "adamw")
             adamw = build_optimizer(groups, self.cfg)
             self.model, _ = self.accelerator.prepare(self.trainable, adamw)
             self.optim = distributed.DeepSpeedOptimizer(self.model, adamw)

@@ -52,6 +52,10 @@ class RewardModelTrainer(PairData, Trainer):
         self.pool_pad_id = endoftext if isinstance(endoftext, int) and endoftext != \
             self.tokenizer.eos_token_id else self.tokenizer.pad_token_id
         model.config.pad_token_id = self.pool_pad_id
+        layer = self.recipe.reward_model.lm_layer
+        if layer is not None and not 1 <= layer <= model.config.num_hidden_layers:
+            raise TrainingError(f"reward_model.lm_layer: {layer} is not a layer of "
+                                f"{self.model_path} (1..{model.config.num_hidden_layers})")
         if self.recipe.reward_model.lm_weight > 0 and not model.config.tie_word_embeddings:
             raise TrainingError(
                 f"reward_model.lm_weight needs a model whose output head is its input "
@@ -118,7 +122,9 @@ class RewardModelTrainer(PairData, Trainer):
             loss = loss + cfg.token_weight * token_loss
             metrics.update(token_metrics, token_loss=token_loss.detach())
         if cfg.lm_weight > 0:
-            lm_loss, lm_metrics = self._lm_loss(hidden, batch["lm_labels"].to(device))
+            lm_hidden = hidden if cfg.lm_layer is None else self._final_norm()(
+                out.hidden_states[cfg.lm_layer])
+            lm_loss, lm_metrics = self._lm_loss(lm_hidden, batch["lm_labels"].to(device))
             loss = loss + cfg.lm_weight * lm_loss
             metrics.update(lm_metrics, lm_loss=lm_loss.detach())
         return loss, metrics
@@ -135,6 +141,13 @@ class RewardModelTrainer(PairData, Trainer):
         with torch.no_grad():
             accuracy = (logits.argmax(-1) == target).float().mean()
         return loss, {"lm_token_accuracy": accuracy}
+
+    def _final_norm(self):
+        """The backbone's last norm (applied to a middle layer's state for `lm_layer`)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        return model.base_model.norm
 
     def _score_head(self):
         """The linear head (`score`), inside whatever wraps the model (DDP, PEFT)."""
