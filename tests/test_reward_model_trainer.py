@@ -207,6 +207,7 @@ def test_lm_term_can_read_a_middle_layer(tmp_path, tiny_model_dir):
 
     losses = {}
     for layer in (None, 2, 1):
+        (tmp_path / str(layer)).mkdir()
         trainer, pairs = _rm_trainer(tmp_path / str(layer), tiny_model_dir, lm_weight=1.0,
                                      lm_layer=layer)
         trainer.model.double()
@@ -215,4 +216,4 @@ def test_lm_term_can_read_a_middle_layer(tmp_path, tiny_model_dir):
     assert losses[2] == pytest.approx(losses[None], abs=1e-9)    # the tiny model has 2 layers
     assert abs(losses[1] - losses[None]) > 1e-3
     with pytest.raises(TrainingError, match="lm_layer: 3"):
-        _rm_trainer(tmp_path / "3", tiny_model_dir, lm_weight=1.0, lm_layer=3)
+        _rm_trainer(tmp_path, tiny_model_dir, lm_weight=1.0, lm_layer=3)

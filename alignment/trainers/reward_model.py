@@ -122,8 +122,9 @@ class RewardModelTrainer(PairData, Trainer):
             loss = loss + cfg.token_weight * token_loss
             metrics.update(token_metrics, token_loss=token_loss.detach())
         if cfg.lm_weight > 0:
-            lm_hidden = hidden if cfg.lm_layer is None else self._final_norm()(
-                out.hidden_states[cfg.lm_layer])
+            # (HF's last hidden state is already normed: the last layer is `hidden` itself)
+            last = cfg.lm_layer in (None, len(out.hidden_states) - 1)
+            lm_hidden = hidden if last else self._final_norm()(out.hidden_states[cfg.lm_layer])
             lm_loss, lm_metrics = self._lm_loss(lm_hidden, batch["lm_labels"].to(device))
             loss = loss + cfg.lm_weight * lm_loss
             metrics.update(lm_metrics, lm_loss=lm_loss.detach())
