@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout bench-cost clean
 
 setup:
 	bash scripts/setup.sh
@@ -53,6 +53,10 @@ bench-rollout: setup
 # forward+backward time over G and completion lengths, and the layout cost rule (~15 min).
 bench-layout: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/group_layout.py --json bench/group_layout.json
+
+# GRPO s/step vs completion length and group size, DPO tokens/s vs sequence length, vs TRL.
+bench-cost: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/cost_growth.py
 
 # One DPO recipe on 1 process, 2 (DDP), ZeRO-2 and ZeRO-3: s/step, tokens/s.
 bench-scaling: setup

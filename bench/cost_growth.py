@@ -87,18 +87,20 @@ def plot(results: dict, path: Path) -> None:
     for ax, part in zip(axes[0], panels, strict=True):
         points = results[part]
         if part == "dpo-length":
-            x = [p["tokens_per_sequence"] for p in points]
-            for who in ("ours", "trl"):
-                ax.plot(x, [p[who]["tokens_per_s"] for p in points], "o-", label=who)
-            ax.set(xlabel="tokens per sequence", ylabel="tokens/s", xscale="log",
-                   title="DPO: throughput vs sequence length")
+            x = [round(p["tokens_per_sequence"]) for p in points]
+            key, ylabel = "tokens_per_s", "tokens/s (higher is better)"
+            title, xlabel = "DPO: throughput vs sequence length", "tokens per sequence"
         else:
             knob = PARTS[part][0]
             x = [p[knob] for p in points]
-            for who in ("ours", "trl"):
-                ax.plot(x, [p[who]["s_per_step"] for p in points], "o-", label=who)
-            ax.set(xlabel="max new tokens" if knob == "new-tokens" else "samples per prompt",
-                   ylabel="s/step", xscale="log", title=f"GRPO: s/step vs {x[0]}..{x[-1]}")
+            key, ylabel = "s_per_step", "s/step (lower is better)"
+            xlabel = "max new tokens" if knob == "new-tokens" else "samples per prompt (G)"
+            title = f"GRPO: s/step vs {xlabel}"
+        for who, label in (("ours", "ours"), ("trl", "TRL (fastest config)")):
+            ax.plot(x, [p[who][key] for p in points], "o-", label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale="log", ylim=(0, None))
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.minorticks_off()
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -112,7 +114,10 @@ def main() -> None:
     p.add_argument("--dpo-trl-config", default=None,
                    help="TRL's DPO configuration (default: the fastest in bench/dpo_vs_trl.json)")
     p.add_argument("--out", default=str(ROOT / "bench/cost_growth"))
+    p.add_argument("--plot-only", action="store_true", help="redraw from the saved JSON")
     args = p.parse_args()
+    if args.plot_only:
+        return plot(json.loads(Path(args.out + ".json").read_text()), Path(args.out + ".png"))
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
         p.error(f"unknown --parts {sorted(unknown)}; allowed: {', '.join(PARTS)}")
