@@ -67,6 +67,17 @@ bench-scaling: setup
 bench-kill: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/kill_resume.py --kills 24 --json bench/kill_resume.json
 
+# Every trainer on add2 from its shipped recipe: same samples budget, same seeds, each run
+# cached under the hash of its resolved recipe (bench/COMPARISON.md, bench/compare_*.png;
+# about 8 h on 2 cores, estimated). compare-quick: the same code path on a tiny random
+# model (~2 min; runs/compare-quick/COMPARISON.md).
+.PHONY: compare compare-quick
+compare: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/compare.py
+
+compare-quick: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/compare.py --quick
+
 lint: setup
 	.venv/bin/ruff check alignment reward_models tests bench data
 
