@@ -137,7 +137,7 @@ recipe("bool-as-string", DPO + "model:\n  gradient_checkpointing: 'yes'\n",
 recipe("dtype-choice", DPO + "model:\n  dtype: fp8\n",
        "model.dtype: must be one of 'auto', 'bfloat16'", "'fp8'")
 recipe("optimizer-choice", DPO + "trainer:\n  optimizer: adam\n",
-       "trainer.optimizer: must be one of 'adamw', 'rmsprop', 'sgd' (got 'adam')")
+       "trainer.optimizer: must be one of 'adamw', 'adamw_kahan', 'rmsprop', 'sgd' (got 'adam')")
 recipe("section-is-scalar", DPO + "trainer: 5\n", "trainer: expected a section (mapping), got 5")
 recipe("section-is-list", DPO + "trainer: [1, 2]\n", "trainer: expected a section (mapping)")
 recipe("list-is-string", DPO + "model:\n  lora:\n    target_modules: q_proj\n",
