@@ -1,7 +1,7 @@
 """Every trainer on the same task, budget and seeds: one table and its plots (issue #17).
 
-    make compare                # all 12 trainers x 2 seeds on the bundled model: about 8 h
-                                # on 2 cores (estimated from the README's s/step; not run)
+    make compare                # all 12 trainers x 2 seeds on the bundled model (the
+                                # README says how long it took); every first seed first
     make compare-quick          # the same code path on a tiny random model: ~2 min
     python bench/compare.py --trainers grpo,ppo --seeds 42,43
     python bench/compare.py --override dpo:dpo.beta=0.2   # re-runs DPO's runs only
@@ -24,10 +24,12 @@ prompt with a one-line system prompt ("You are a calculator..."); the offline on
 with none, so their "before" differs (11% vs 14% on the bundled model).
 
 Budget: matched in samples, not wall-clock (the trainers have no time limit). Every run
-consumes `--samples` completions (default 6400): online trainers generate them (64 per
-step in every shipped online recipe: 100 steps), offline pair trainers read them from
-their pairs (two per pair, 8 pairs per step: 400 steps, 8 passes over the 400 pairs), SPIN
-trains on real + generated pairs (8 iterations over the 400 demonstrations). What a sample
+consumes `--samples` completions (default 1600): online trainers generate them (64 per
+step in every shipped online recipe: 25 steps), offline pair trainers read them from
+their pairs (two per pair, 8 pairs per step: 100 steps, 2 passes over the 400 pairs), SPIN
+trains on real + generated pairs (2 iterations over the 400 demonstrations). 1600 is what
+fits 24 runs in a few hours on 2 cores (PPO's step is ~16 s); `--samples 6400` is the
+budget nearest the shipped online recipes' own (60-120 steps). What a sample
 costs differs by design (PPO's two epochs through policy and critic, a reference pass,
 DAPO's refill rounds, which generate beyond the budget), and that is what the wall-time
 column and the accuracy-vs-time plot show.
@@ -97,7 +99,7 @@ TRAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dr_grpo": ("recipes/dr_grpo.yaml", ()),
 }
 
-FULL = {"samples": 6400, "seeds": "42,43", "runs": "runs/compare", "out": "bench",
+FULL = {"samples": 1600, "seeds": "42,43", "runs": "runs/compare", "out": "bench",
         "probe_prompts": 100}
 # --quick: a tiny random model (2 layers, 32 wide, the bundled tokenizer), HF generate,
 # 4 eval prompts, 32 training rows; 128 samples = 2 online steps, 8 offline steps, 2 SPIN
@@ -216,7 +218,9 @@ def plan(names: list[str], seeds: list[int], samples: int, runs_dir: Path,
             recipe.output_dir = str(folder)
             runs.append(Run(name, seed, path, [*body, f"output_dir={folder}"], key, folder,
                             steps, samples_per_step(recipe), recipe))
-    return runs
+    # Every trainer's first seed before any second one: a run stopped half-way leaves a
+    # whole table for one seed, not two seeds of half the trainers.
+    return sorted(runs, key=lambda run: seeds.index(run.seed))
 
 
 # ------------------------------------------------------------------ running one

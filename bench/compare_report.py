@@ -159,7 +159,8 @@ def write_report(out_dir: Path, runs: list, records: list[dict], meta: dict) -> 
             f"Written by `{command}` (bench/compare.py) on {time.strftime('%Y-%m-%d %H:%M')}: "
             f"{len(meta['trainers'])} trainers x seeds {', '.join(map(str, meta['seeds']))}, "
             f"{meta['samples']} samples per run; {sum(s['n'] for s in stats.values())} of "
-            f"{len(runs)} runs done."]
+            f"{len(runs)} runs done"
+            f"{_total_wall(records)}."]
     if meta["quick"]:
         head += ["", f"**Quick mode**: a tiny random model (2 layers, 32 wide), "
                  f"{meta['samples']} samples, 4 eval prompts, an extra reward for an 'x' in "
@@ -189,6 +190,15 @@ def write_report(out_dir: Path, runs: list, records: list[dict], meta: dict) -> 
              "resolved recipe and its data files); per-run records in `compare.json`."]
     atomic.write_text(out_dir / "COMPARISON.md", "\n".join(head + body) + "\n")
     return stats
+
+
+def _total_wall(records: list[dict]) -> str:
+    """How long the finished runs took, one after another (what a fresh run costs)."""
+    walls = [r["wall_seconds"] for r in records if r.get("wall_seconds")]
+    if not walls:
+        return ""
+    minutes = round(sum(walls) / 60)
+    return f", {minutes // 60} h {minutes % 60} min of wall time together"
 
 
 def _shown(path: str) -> str:
