@@ -28,7 +28,7 @@ consumes `--samples` completions (default 1600): online trainers generate them (
 step in every shipped online recipe: 25 steps), offline pair trainers read them from
 their pairs (two per pair, 8 pairs per step: 100 steps, 2 passes over the 400 pairs), SPIN
 trains on real + generated pairs (2 iterations over the 400 demonstrations). 1600 is what
-fits 24 runs in a few hours on 2 cores (PPO's step is ~16 s); `--samples 6400` is the
+fits 24 runs in about two hours on 2 cores (PPO's step is ~16 s); `--samples 6400` is the
 budget nearest the shipped online recipes' own (60-120 steps). What a sample
 costs differs by design (PPO's two epochs through policy and critic, a reference pass,
 DAPO's refill rounds, which generate beyond the budget), and that is what the wall-time

@@ -193,7 +193,8 @@ def write_report(out_dir: Path, runs: list, records: list[dict], meta: dict) -> 
 
 
 def _total_wall(records: list[dict]) -> str:
-    """How long the finished runs took, one after another (what a fresh run costs)."""
+    """How long the finished runs took, one after another (the runs alone: the harness's
+    probe and model loads come on top, 18 min for the 24 runs of 2026-11-30)."""
     walls = [r["wall_seconds"] for r in records if r.get("wall_seconds")]
     if not walls:
         return ""
