@@ -89,8 +89,10 @@ def test_an_inf_gradient_skips_the_step_and_is_counted(tmp_path, tiny_model_dir,
     assert not all(torch.equal(a, b) for a, b in zip(after_2, after_3, strict=True))
     assert all(torch.isfinite(m).all() for m in after_3)
     # the low-precision weights the model computes with are the masters' copy, unchanged too
+    # (`final/` upcast them to fp32 after training: compare their values)
+    computed_with = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     for p, m in zip(trainer.optim.params, after_3, strict=True):
-        assert torch.equal(p.detach(), m.to(p.dtype))
+        assert torch.equal(p.detach(), m.to(computed_with).to(p.dtype))
     # the skipped step left Adam's state alone: two updates counted, not three
     state = trainer.optim.optimizer.state_dict()["state"]
     assert {float(s["step"]) for s in state.values()} == {2.0}
@@ -100,6 +102,27 @@ def test_an_inf_gradient_skips_the_step_and_is_counted(tmp_path, tiny_model_dir,
     assert steps[3]["lr"] == clean[3]["lr"] and steps[1]["lr"] == clean[1]["lr"]
     # step 1 was the same in both runs: the hook itself changes nothing
     assert all(torch.equal(a, b) for a, b in zip(runs["clean"].after[1], after_1, strict=True))
+
+
+def test_the_exported_model_is_the_bf16_model_trained_not_its_fp32_masters(
+        tmp_path, tiny_model_dir, pairs_file):
+    """`final/` holds the weights every forward pass used (bf16, upcast exactly), not the
+    fp32 masters: those differ by up to half a bf16 step, a residue the loss never saw,
+    and a GRPO run's masters answered 2% of add2 where its bf16 weights answered 64%."""
+    from safetensors.torch import load_file
+
+    trainer = DPOTrainer(dpo_recipe(tmp_path, tiny_model_dir, pairs_file, "bfloat16",
+                                    lr=1e-5))
+    trainer.train()
+    names = {id(p): n for n, p in trainer.policy.named_parameters()}
+    exported = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert {t.dtype for t in exported.values()} == {torch.float32}
+    residue = 0
+    for p, master in zip(trainer.optim.params, trainer.optim.master, strict=True):
+        trained = master.detach().to(torch.bfloat16).float()   # what the forward pass used
+        assert torch.equal(exported[names[id(p)]], trained), names[id(p)]
+        residue += int((master != trained).sum())
+    assert residue > 0, "masters equal to their bf16 rounding: the test would prove nothing"
 
 
 def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path, tiny_model_dir, pairs_file):

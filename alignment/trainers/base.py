@@ -430,15 +430,18 @@ class Trainer(abc.ABC):
         self.accelerator.wait_for_everyone()
 
     def export_final(self) -> None:
-        """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32."""
-        # DeepSpeed holds the fp32 master weights (sharded): gather them, on every process
-        weights = distributed.full_fp32_state_dict(self.trainable) if self.zero_stage else None
+        """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32,
+        holding the weights the loss was computed with. Under bf16 those are the bf16
+        values, upcast exactly, and not the fp32 master copy: a master differs from its
+        weight by up to half a bf16 step, a residue no forward pass ever saw, and a model
+        made of the masters can be far worse than the one trained (a GRPO run on add2: 64%
+        greedy from its weights, 2% from its masters). fp32 makes the LoRA merge exact."""
+        # DeepSpeed shards the weights under ZeRO-3: gather them, on every process
+        weights = distributed.full_state_dict(self.trainable) if self.zero_stage else None
         if self.is_main:
-            if self.optim.low_precision:  # write the fp32 master values, not their bf16 copy
+            if any(p.dtype in (torch.bfloat16, torch.float16)
+                   for p in self.trainable.parameters()):
                 self.trainable.float()
-                with torch.no_grad():
-                    for p, m in zip(self.optim.params, self.optim.master, strict=True):
-                        p.copy_(m)
             with atomic.atomic_dir(self.output_dir / "final") as tmp:
                 _save_merged(self.policy, tmp, self._module_state(weights, "policy"))
                 self._export_tokenizer().save_pretrained(tmp)

@@ -108,15 +108,17 @@ class DeepSpeedOptimizer:
         pass
 
 
-def full_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's fp32 master value, gathered from its shards (collective: all
-    processes call it; every process gets the whole dict, one tensor at a time)."""
-    from deepspeed.utils import safe_get_full_fp32_param
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter as the forward pass uses it (the 16-bit weights under bf16, not the
+    engine's fp32 masters: see `export_final`), gathered from its ZeRO-3 shards, in fp32
+    (collective: all processes call it; every process gets the whole dict, one tensor at
+    a time)."""
+    import deepspeed
 
     out = {}
     for name, param in model.named_parameters():
-        value = safe_get_full_fp32_param(param)
-        out[name] = (value if value is not None else param.detach()).float().cpu().clone()
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            out[name] = param.detach().float().cpu().clone()
     for name, buffer in model.named_buffers():
         if "rotary" not in name:
             out[name] = buffer.detach().cpu().clone()
