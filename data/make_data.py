@@ -21,6 +21,8 @@ Layout written under ``data/arithmetic/``::
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
     add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
     add2_rm/{train,test}.jsonl          reward-model pairs for add2 (make_rm_pairs.py)
+    sft_columns/{train,test}.jsonl      sft_plain's rows worked one digit column at a time
+                                        (worked_columns.py)
 
 All five formats of one split hold the same problems with the same prompts, in the same order.
 """
@@ -33,7 +35,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 3
+DATASET_VERSION = 4
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split
@@ -544,7 +546,17 @@ def build_files(examples=None):
                 format_row(fmt, ex) for ex in examples[split] if ex["task"] == "add2")
     for rel, rows in make_rm_pairs.build(examples).items():
         files[rel] = to_jsonl(rows)
+    # the six-task mix again, each step worked one digit column at a time
+    for split in SPLITS:
+        files["sft_columns/%s.jsonl" % split] = to_jsonl(columns_row(ex) for ex in examples[split])
     return files
+
+
+def columns_row(ex):
+    p = ex["problem"]
+    work = worked_columns.column_work(FORM_OPS[p["form"]], p["operands"])
+    return {"prompt": ex["prompt"], "completion": work + "\n" + ex["chosen"],
+            "answer": ex["answer"], "task": ex["task"]}
 
 
 # --------------------------------------------------------------------------- verification
@@ -636,12 +648,25 @@ def verify(examples, files):
     rm_rows = {rel: [json.loads(line) for line in files[rel].splitlines()]
                for rel in files if rel.startswith("add2_rm/")}
     lines += make_rm_pairs.verify(rm_rows, examples)
+    for split in SPLITS:
+        rows = [json.loads(line) for line in files["sft_columns/%s.jsonl" % split].splitlines()]
+        for row, ex in zip(rows, examples[split], strict=True):
+            steps = row["completion"].split("\n")[:len(FORM_OPS[ex["problem"]["form"]])]
+            checked = [worked_columns.check_line(line) for line in steps]
+            assert [c[3] for c in checked] == _equations_values(ex["chosen"]), row
+            assert row["completion"].endswith("\n" + ex["chosen"]) and row["prompt"] == ex["prompt"], row
+    lines.append("sft_columns: every column of every worked step re-derived and checked")
     return lines
+
+
+def _equations_values(text):
+    return [e[3] for e in _equations(text)]
 
 
 # --------------------------------------------------------------------------- main
 
 import make_rm_pairs  # noqa: E402 - it imports the helpers above from this module
+import worked_columns  # noqa: E402
 
 
 def main(argv=None):

@@ -374,7 +374,7 @@ def test_identical_pairs_skipped(tokenizer, tmp_path):
 # ---------------------------------------------------------------- 5. the shipped data
 
 SHIPPED = {"rl": "prompt", "preference": "preference", "preference_chat": "preference",
-           "sft": "sft", "sft_plain": "sft"}
+           "sft": "sft", "sft_plain": "sft", "sft_columns": "sft"}
 
 
 @pytest.fixture(scope="module")
@@ -393,7 +393,8 @@ def test_make_data_check():
 def test_shipped_files_load_and_splits_are_disjoint(shipped, fmt):
     train, test = shipped[fmt, "train"], shipped[fmt, "test"]
     assert (len(train), len(test)) == (2400, 600)
-    assert all(ex.plain == (fmt in ("rl", "preference", "sft_plain")) for ex in train + test)
+    assert all(ex.plain == (fmt in ("rl", "preference", "sft_plain", "sft_columns"))
+               for ex in train + test)
     assert all(isinstance(ex.extra["answer"], int) and ex.extra["task"] for ex in train + test)
     prompts = {split: {json.dumps(ex.prompt) for ex in shipped[fmt, split]}
                for split in ("train", "test")}
@@ -404,7 +405,7 @@ def test_shipped_files_load_and_splits_are_disjoint(shipped, fmt):
 # the completions each shipped format carries (so the checks below cannot all be skipped)
 SHIPPED_COMPLETIONS = {"rl": set(), "preference": {"chosen", "rejected"},
                        "preference_chat": {"chosen", "rejected"}, "sft": {"completion"},
-                       "sft_plain": {"completion"}}
+                       "sft_plain": {"completion"}, "sft_columns": {"completion"}}
 
 
 @pytest.mark.parametrize("fmt", SHIPPED)
@@ -421,3 +422,33 @@ def test_shipped_answers(shipped, fmt):
             if "rejected" in texts:
                 assert extract_answer(texts["rejected"]) is not None, ex.where
                 assert not is_correct(texts["rejected"], answer), ex.where
+
+
+def test_worked_columns_examples_and_check():
+    """The column format of data/arithmetic/sft_columns, and its checker catching a wrong
+    column (the generator re-derives every shipped line with it)."""
+    sys.path.insert(0, str(ROOT / "data"))
+    try:
+        import worked_columns as wc
+    finally:
+        sys.path.remove(str(ROOT / "data"))
+    examples = {
+        (809, "+", 852): "809 + 852: 9+2=11, 0+5+1=6, 8+8=16, so 1661.",
+        (503, "-", 414): "503 - 414: 13-4=9, 10-1-1=8, 5-4-1=0, so 89.",
+        (61, "-", 93): "61 - 93: 93 - 61 first: 3-1=2, 9-6=3, so -32.",
+        (7, "*", 48): "7 * 48: 7*8=56, 7*4+5=33, so 336.",
+        (48, "*", 7): "48 * 7: 7*8=56, 7*4+5=33, so 336.",
+        (9, "+", 36): "9 + 36: 9+6=15, 0+3+1=4, so 45.",
+    }
+    for (x, op, y), line in examples.items():
+        assert wc.column_line(x, op, y) == line
+        assert wc.check_line(line) == (x, op, y, wc.OPS[op](x, y))
+    assert wc.column_work(("*", "+"), (8, 8, 38)) == "8 * 8: 8*8=64, so 64.\n" \
+                                                     "64 + 38: 4+8=12, 6+3+1=10, so 102."
+    for wrong in ("809 + 852: 9+2=11, 0+5=5, 8+8=16, so 1661.",     # a carry dropped
+                  "809 + 852: 9+2=11, 0+5+1=6, 8+8=16, so 1761.",   # the result off
+                  "61 - 93: 93 - 61 first: 3-1=2, 9-6=3, so 32."):  # the sign lost
+        with pytest.raises(AssertionError):
+            wc.check_line(wrong)
+    with pytest.raises(ValueError, match="one-digit factor"):
+        wc.column_line(12, "*", 34)

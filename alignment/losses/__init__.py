@@ -10,6 +10,7 @@ from .kl import k1_kl, k3_kl
 from .logps import sampling_filter, sequence_logps, token_logps
 from .ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from .reward import bradley_terry_loss, token_verifier_loss
+from .sft import sft_loss
 from .spin import spin_loss
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ppo_value_loss",
     "sampling_filter",
     "sequence_logps",
+    "sft_loss",
     "spin_loss",
     "token_logps",
     "truncated_is_weights",

@@ -11,6 +11,7 @@ TRAINERS: dict[str, str] = {
     "ipo": "alignment.trainers.ipo:IPOTrainer",
     "copg": "alignment.trainers.copg:CoPGTrainer",
     "spin": "alignment.trainers.spin:SPINTrainer",
+    "sft": "alignment.trainers.sft:SFTTrainer",
     "dpo+online": "alignment.trainers.dpo:OnlineDPOTrainer",
     "ipo+online": "alignment.trainers.ipo:OnlineIPOTrainer",
     "copg+online": "alignment.trainers.copg:OnlineCoPGTrainer",

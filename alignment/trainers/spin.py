@@ -36,13 +36,13 @@ from dataclasses import asdict
 import torch
 
 from alignment import atomic
-from alignment.data import DataError, load_examples, tokenize_examples
 from alignment.losses import spin_loss
 from alignment.trainers import batching
 from alignment.trainers.base import TrainingError
 from alignment.trainers.engine_setup import EngineSetup
 from alignment.trainers.preference import Pair, PreferenceTrainer
 from alignment.trainers.sequences import pair_logps
+from alignment.trainers.sft import read_demonstrations
 
 
 class SPINTrainer(EngineSetup, PreferenceTrainer):
@@ -57,24 +57,7 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
     def load_examples(self, path: str, limit: int | None, split: str) -> list:
         if split == "eval":   # held-out prompt/answer rows: greedy accuracy per iteration
             return self.load_prompts(path, limit)
-        d = self.recipe.data
-        rows = load_examples(path, "sft", limit)
-        tokenized, report = tokenize_examples(
-            self.tokenizer, rows, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-            too_long=d.too_long, chat_template=d.chat_template, system_prompt=d.system_prompt)
-        if report.summary():
-            self._say(f"{path}: {report.summary()}")
-        if not tokenized:
-            raise DataError(f"{path}: no usable SFT rows left ({report.summary() or 'empty'})")
-        eos = self.tokenizer.eos_token_id
-        budget = self.recipe.rollout.max_new_tokens
-        demos = []
-        for i, t in enumerate(tokenized):
-            real = t.completion_ids["completion"]
-            if eos in real:   # end where the engine ends: at EOS, nothing after it
-                real = real[:real.index(eos) + 1]
-            demos.append(Pair(i, t.prompt_ids, real[:budget], [], t.where, dict(t.extra)))
-        return demos
+        return read_demonstrations(self, path, limit, budget=self.recipe.rollout.max_new_tokens)
 
     # ------------------------------------------------------------------ the schedule
     def iteration_sizes(self) -> list[int]:

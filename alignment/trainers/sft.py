@@ -1,0 +1,71 @@
+"""SFT — supervised fine-tuning on demonstrations (prompt + completion, or messages).
+
+    minimise  − Σ log π_θ(y_t | x, y_<t) / (completion tokens)          (`sft_loss`)
+
+The first stage of most pipelines (Ouyang et al. 2022, §3.5; the "cold start" before
+reasoning RL): it teaches a format the policy cannot discover by sampling, e.g. worked
+solutions that add one digit column at a time (`data/arithmetic/sft_columns`), which GRPO
+or SPIN then start from (`model.name: runs/sft_mix`). Only completion tokens are trained;
+the loss is the mean over every completion token of the step, whatever the micro-batches
+(`batch_weight` = tokens). A completion ends at its first EOS, where generation stops (a
+chat template appends a newline after the end-of-turn token that the model never has to
+write). `data.eval` (demonstrations too) gives the held-out loss; `eval:` the greedy
+accuracy before and after.
+"""
+
+from __future__ import annotations
+
+from alignment.data import DataError, load_examples, tokenize_examples
+from alignment.losses import sft_loss
+from alignment.trainers.base import Trainer
+from alignment.trainers.preference import Pair
+from alignment.trainers.sequences import collate_sequences, completion_token_logps
+
+
+def read_demonstrations(trainer, path: str, limit: int | None,
+                        budget: int | None = None) -> list[Pair]:
+    """SFT rows as `Pair`s whose chosen side is the demonstration (cut after its first EOS
+    and to `budget` tokens), rejected empty; shared with SPIN."""
+    d = trainer.recipe.data
+    rows = load_examples(path, "sft", limit)
+    tokenized, report = tokenize_examples(
+        trainer.tokenizer, rows, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        too_long=d.too_long, chat_template=d.chat_template, system_prompt=d.system_prompt)
+    if report.summary():
+        trainer._say(f"{path}: {report.summary()}")
+    if not tokenized:
+        raise DataError(f"{path}: no usable SFT rows left ({report.summary() or 'empty'})")
+    eos = trainer.tokenizer.eos_token_id
+    demos = []
+    for i, t in enumerate(tokenized):
+        real = t.completion_ids["completion"]
+        if eos in real:   # end where generation ends: at EOS, nothing after it
+            real = real[:real.index(eos) + 1]
+        if budget is not None:
+            real = real[:budget]
+        if not real:
+            raise DataError(f"{t.where}: the completion is empty after tokenisation")
+        demos.append(Pair(i, t.prompt_ids, real, [], t.where, dict(t.extra)))
+    return demos
+
+
+class SFTTrainer(Trainer):
+    def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
+        return read_demonstrations(self, path, limit)
+
+    def example_length(self, demo: Pair) -> int:
+        return len(demo.prompt_ids) + len(demo.chosen_ids)
+
+    def collate(self, demos: list[Pair], split: str = "train") -> dict:
+        return collate_sequences([d.prompt_ids for d in demos], [d.chosen_ids for d in demos],
+                                 self.tokenizer.pad_token_id)
+
+    def batch_weight(self, batch: dict) -> float:
+        return float(batch["completion_mask"].sum())   # a token mean across micro-batches
+
+    def compute_loss(self, batch: dict):
+        logps = completion_token_logps(self.model, batch)
+        return sft_loss(logps, batch["completion_mask"].to(logps.device))
+
+
+__all__ = ["SFTTrainer", "read_demonstrations"]
