@@ -409,8 +409,8 @@ def uses_rewards(recipe: Recipe) -> bool:
 class Recipe:
     """A whole run: model, data, algorithm and its hyper-parameters, launch, logging."""
 
-    algorithm: Literal["sft", "dpo", "ipo", "copg", "spin", "reward_model", "grpo", "ppo",
-                       "apa", "drpo"] = param(
+    algorithm: Literal["dpo", "ipo", "copg", "spin", "reward_model", "grpo", "ppo", "apa",
+                       "drpo", "sft"] = param(
         help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
