@@ -55,7 +55,9 @@ def load_critic(init: str, policy_path: str, dtype: torch.dtype, *, path: str | 
         if not kinds:
             raise CriticError(f"critic.path {path}: not a sequence-classification model (its "
                               f"architectures are {config.architectures}); train one with "
-                              "algorithm: reward_model, or use critic.init: policy")
+                              "algorithm: reward_model and reward_model.kind: classifier (a "
+                              "likelihood reward model has no value head to start from), or "
+                              "use critic.init: policy")
         if config.num_labels != 1:
             raise CriticError(f"critic.path {path}: a value model has one output, this one has "
                               f"{config.num_labels} labels")

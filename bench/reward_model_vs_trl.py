@@ -2,11 +2,9 @@
 
     python bench/reward_model_vs_trl.py                      # 100 steps x 16 pairs
     python bench/reward_model_vs_trl.py --steps 8 --trl-configs bf16,autocast,bf16+gc
-    python bench/reward_model_vs_trl.py --model runs/grpo     # stage two of the RM recipe
+    python bench/reward_model_vs_trl.py --kind classifier --ours-lr 5e-4   # head vs head
 
-Both sides get: the same causal LM (--model: the bundled SmolLM2-135M-Instruct, or e.g.
-the GRPO policy that recipes/reward_model.yaml starts from) with a fresh one-output score head
-(`AutoModelForSequenceClassification`, head initialised from the same seed), the first
+Both sides get: the same causal LM (--model: the bundled SmolLM2-135M-Instruct), the first
 steps x batch pairs of data/arithmetic/add2_rm/train.jsonl in TRL's conversational form
 (the same chat template: identical token sequences, tests/test_reward_model_use.py), the
 Bradley-Terry loss without centring, full fine-tuning or (--lora R) LoRA of rank R with
@@ -18,8 +16,16 @@ fresh process (peak RSS = VmHWM is its own); the parent then scores every saved 
 the same code (`alignment eval --reward-model`) on data/arithmetic/add2_rm/test.jsonl (300 held-out
 pairs: seen, unseen and bare phrasings).
 
-Ours runs at `model.dtype: bfloat16` (bf16 weights and compute, fp32 master weights in the
-optimizer). TRL configurations (--trl-configs; each run; the ratio is against the fastest):
+What is trained: TRL's `RewardTrainer` trains its one kind, a fresh one-output score head on
+the last token (`AutoModelForSequenceClassification`) at --lr; ours trains --kind (default
+the recipe's: `likelihood`, r = beta * log p(y|x) under the LM itself, beta 0.1) at --ours-lr
+(each side at the learning rate that suits its kind: 5e-4 for a LoRA head, 2e-4 for the
+likelihood model); `--kind classifier` trains the same head as TRL (same seed).
+
+Ours runs at `model.dtype: auto` (bf16 weights and compute with fp32 master weights where
+the CPU has bf16 instructions, fp32 elsewhere). TRL configurations (--trl-configs; each
+run; the ratio is against the fastest):
+  fp32       fp32 weights, bf16=False
   bf16       bf16 weights, bf16=True: pure bf16 training (AdamW on bf16 parameters)
   autocast   fp32 weights under bf16 autocast (bf16=True on an fp32 model)
   +gc        suffix: gradient checkpointing on (TRL's RewardConfig default)
@@ -76,10 +82,11 @@ def run_ours(args, out: Path, data: Path) -> dict:
 
     recipe = recipe_from_dict({
         "algorithm": "reward_model", "output_dir": str(out),
-        "model": {"name": args.model, "dtype": "bfloat16",
+        "model": {"name": args.model, "dtype": "auto",
                   "lora": {"r": args.lora, "alpha": max(1, 2 * args.lora)}},
         "data": {"train": str(data), "max_length": 192, "max_prompt_length": 128},
-        "trainer": {"batch_size": args.batch, "lr": args.lr, "epochs": 1,
+        "reward_model": {"kind": args.kind},
+        "trainer": {"batch_size": args.batch, "lr": args.ours_lr, "epochs": 1,
                     "warmup_steps": 10, "scheduler": "cosine", "eval_every": None,
                     "save_every": None, "seed": args.seed,
                     "weight_decay": 0.0, "max_grad_norm": 1.0},
@@ -102,6 +109,7 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
     path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
     bf16_weights = config.startswith("bf16")
+    autocast = bf16_weights or config.startswith("autocast")
     torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=torch.bfloat16 if bf16_weights else torch.float32)
@@ -123,7 +131,7 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
         output_dir=str(out), max_steps=len(rows) // args.batch, num_train_epochs=1,
         per_device_train_batch_size=args.batch, learning_rate=args.lr,
         lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
-        bf16=True, gradient_checkpointing=config.endswith("+gc"), use_cpu=True,
+        bf16=autocast, gradient_checkpointing=config.endswith("+gc"), use_cpu=True,
         report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10,
         dataloader_num_workers=0, seed=args.seed, max_length=192,
         center_rewards_coefficient=None)
@@ -167,7 +175,8 @@ def launch(args, side: str, config: str, steps: int, work: Path) -> dict:
     data = pairs_file(steps * args.batch, folder)
     cmd = [sys.executable, __file__, "--child", side, "--config", config, "--out",
            str(folder / "run"), "--data", str(data), "--batch", str(args.batch),
-           "--lr", str(args.lr), "--seed", str(args.seed), "--model", args.model,
+           "--lr", str(args.lr), "--ours-lr", str(args.ours_lr), "--kind", args.kind,
+           "--seed", str(args.seed), "--model", args.model,
            "--lora", str(args.lora)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -202,11 +211,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--speed-steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=16, help="pairs per step")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=5e-4, help="TRL's learning rate")
+    p.add_argument("--ours-lr", type=float, default=2e-4, help="our learning rate")
+    p.add_argument("--kind", choices=["likelihood", "classifier"], default="likelihood",
+                   help="what ours trains (TRL: always a classifier head)")
     p.add_argument("--lora", type=int, default=0, help="LoRA rank on both sides (alpha = 2r, "
                    "every linear layer, the score head trained in full); 0 = full fine-tuning")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--trl-configs", default="bf16,autocast")
+    p.add_argument("--trl-configs", default="fp32,autocast,bf16")
     p.add_argument("--output", default=str(ROOT / "bench/reward_model_vs_trl.json"))
     p.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     # child-only
@@ -222,8 +234,8 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rm_bench_"))
     configs = [c.strip() for c in args.trl_configs.split(",") if c.strip()]
-    print(f"reward model from {args.model}, {args.batch} pairs/step, lr {args.lr}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"reward model from {args.model}, {args.batch} pairs/step, ours: {args.kind} at lr "
+          f"{args.ours_lr}, TRL: classifier at lr {args.lr}, {os.cpu_count()} CPUs")
     speed = []
     if len(configs) > 1:
         print(f"TRL configurations, {args.speed_steps} steps each:")
@@ -232,12 +244,12 @@ def main() -> None:
     else:
         fastest = configs[0]
     print(f"full runs, {args.steps} steps (TRL: its fastest, {fastest}):")
-    ours = launch(args, "ours", "bf16", args.steps, work)
+    ours = launch(args, "ours", args.kind, args.steps, work)
     trl = launch(args, "trl", fastest, args.steps, work)
     for r in (ours, trl):
         r.update(accuracy(r["model"]))
     result = {"model": args.model, "lora": args.lora, "steps": args.steps, "batch": args.batch,
-              "lr": args.lr,
+              "lr": args.lr, "ours_lr": args.ours_lr, "kind": args.kind,
               "cpus": os.cpu_count(), "trl_speed_runs": speed, "ours": ours, "trl": trl,
               "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"]}
     write_json(Path(args.output), result)

@@ -1,4 +1,5 @@
-"""A trained reward model: a Hugging Face sequence classifier with one output.
+"""A trained reward model: a Hugging Face sequence classifier with one output, or a causal
+LM trained as a likelihood reward model (r = β · log p(completion | prompt)).
 
 Loads folders written by `recipes/reward_model.yaml` (`runs/<name>/final`) or by TRL's
 `RewardTrainer` alike: both are `AutoModelForSequenceClassification` checkpoints whose score
@@ -20,6 +21,11 @@ id the model was trained with: the model scores at its last token that is not th
 padding with it reproduces training exactly (our trainer pads with a token absent from the
 data; TRL pads with the tokenizer's pad, which can be EOS). A folder without one is padded
 with an id no row of the batch contains.
+
+A folder our trainer wrote with `reward_model.kind: likelihood` (its recipe.yaml says so) is
+a causal LM, scored as β · Σ log p(completion token | everything before it), the prompt and
+the completion tokenised separately exactly as training did. Any other folder without a
+score head is refused.
 """
 
 from __future__ import annotations
@@ -37,9 +43,25 @@ class RewardModelError(ValueError):
     """The folder is not a usable reward model (no score head, no chat template, ...)."""
 
 
+def likelihood_beta(path) -> float | None:
+    """β of a likelihood reward model written by our trainer (its recipe.yaml:
+    algorithm reward_model, reward_model.kind likelihood); None for any other folder."""
+    recipe = _trained_recipe(path)
+    section = recipe.get("reward_model") or {}
+    if recipe.get("algorithm") != "reward_model" or not isinstance(section, dict) or \
+            section.get("kind") != "likelihood":
+        return None
+    beta = section.get("beta", 0.1)
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta <= 0:
+        raise RewardModelError(f"{path}/recipe.yaml: reward_model.beta must be a number > 0, "
+                               f"got {beta!r}")
+    return float(beta)
+
+
 def check_reward_model_folder(path: str) -> dict:
     """The folder's config.json, after checking it describes a one-output sequence
-    classifier; raises RewardModelError saying what is wrong otherwise."""
+    classifier (or a likelihood reward model's causal LM); raises RewardModelError saying
+    what is wrong otherwise."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise RewardModelError(f"{path}: no config.json: not a Hugging Face model folder")
@@ -48,6 +70,12 @@ def check_reward_model_folder(path: str) -> dict:
     except (OSError, ValueError) as exc:
         raise RewardModelError(f"{config_file}: unreadable ({exc})") from None
     archs = config.get("architectures") or []
+    if likelihood_beta(path) is not None:
+        if not any(str(a).endswith("ForCausalLM") for a in archs):
+            raise RewardModelError(f"{path}: its recipe.yaml says a likelihood reward model, "
+                                   f"but the config names {archs or 'no architecture'}, not a "
+                                   "*ForCausalLM model")
+        return config
     if not any(str(a).endswith("ForSequenceClassification") for a in archs):
         raise RewardModelError(
             f"{path}: not a reward model: its config names {archs or 'no architecture'}, not "
@@ -70,18 +98,27 @@ def locate_reward_model(path) -> Path:
     return path
 
 
-def trained_with_chat_template(path: str) -> bool | None:
-    """data.chat_template of the recipe that trained the folder (None if unknown)."""
+def _trained_recipe(path) -> dict:
+    """The recipe.yaml our trainer wrote into the folder ({} if none or unreadable)."""
     recipe = Path(path) / "recipe.yaml"
     if not recipe.is_file():
-        return None
+        return {}
     import yaml
 
     try:
-        data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        loaded = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def trained_with_chat_template(path: str) -> bool | None:
+    """data.chat_template of the recipe that trained the folder (None if unknown)."""
+    recipe = _trained_recipe(path)
+    if not recipe:
         return None
-    value = data.get("chat_template", True)
+    data = recipe.get("data") or {}
+    value = data.get("chat_template", True) if isinstance(data, dict) else None
     return value if isinstance(value, bool) else None
 
 
@@ -100,7 +137,11 @@ class RewardModelScorer(Scorer):
                  dtype: str = "float32", chat_template: bool | None = None,
                  device: str = "auto"):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         if batch_size <= 0 or max_length <= 0:
             raise ValueError(f"reward_model: batch_size and max_length must be positive, got "
@@ -126,7 +167,10 @@ class RewardModelScorer(Scorer):
                                    "tokenizer has no eos_token")
         self.chat_template = chat_template
         self.device = _default_device() if device == "auto" else device
-        self.model = AutoModelForSequenceClassification.from_pretrained(
+        self.beta = likelihood_beta(path)    # None: a classifier
+        model_class = AutoModelForSequenceClassification if self.beta is None else \
+            AutoModelForCausalLM
+        self.model = model_class.from_pretrained(
             path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
 
@@ -152,6 +196,11 @@ class RewardModelScorer(Scorer):
     # ------------------------------------------------------------------ rendering
     def render(self, prompt, completion: str) -> str:
         """The text the reward model was trained on for this (prompt, completion)."""
+        return "".join(self.render_parts(prompt, completion))
+
+    def render_parts(self, prompt, completion: str) -> tuple[str, str]:
+        """(prompt text, completion text): the prompt as rendered for generation and what
+        the chat template appends after it (training tokenises the two separately)."""
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
@@ -162,38 +211,61 @@ class RewardModelScorer(Scorer):
         if not isinstance(completion, str):
             raise TypeError(f"a completion is a string, got {type(completion).__name__}")
         if not self.chat_template:
-            text = "".join(m["content"] for m in messages)
-            return text + completion + self.tokenizer.eos_token
-        return self.tokenizer.apply_chat_template(
+            return "".join(m["content"] for m in messages), completion + self.tokenizer.eos_token
+        head = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": completion}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template does not render the prompt as a prefix of "
+                             "the conversation")
+        return head, full[len(head):]
+
+    def _tokenize(self, prompt, completion: str) -> tuple[list[int], int]:
+        """(token ids, where the completion starts): the two parts tokenised separately
+        for a likelihood model (as its training did), the whole text for a classifier."""
+        head, tail = self.render_parts(prompt, completion)
+        if self.beta is None:
+            return self.tokenizer(head + tail, add_special_tokens=False)["input_ids"], 0
+        prompt_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+        tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        if not prompt_ids or not tail_ids:
+            raise ValueError("a likelihood reward model needs a non-empty prompt and completion")
+        return prompt_ids + tail_ids, len(prompt_ids)
 
     # ------------------------------------------------------------------ scoring
     def score(self, prompts, completions, rows=None) -> ScoreResult:
         check_batch(self.name, prompts, completions, rows)
         ids: list[list[int] | None] = []
+        starts: list[int] = []
         errors: list[str | None] = []
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
             try:
-                row_ids = self.tokenizer(self.render(p, c), add_special_tokens=False)["input_ids"]
+                row_ids, start = self._tokenize(p, c)
                 if len(row_ids) > self.max_length:
                     raise ValueError(f"{len(row_ids)} tokens, over max_length="
                                      f"{self.max_length} (its score would not read the end)")
                 if not row_ids:
                     raise ValueError("renders to no tokens")
                 ids.append(row_ids)
+                starts.append(start)
                 errors.append(None)
             except (TypeError, ValueError, KeyError) as exc:
                 message = f"{self.name}: sample {i}: {exc}"
                 if self.on_error == "raise":
                     raise ScorerError(message) from exc
                 ids.append(None)
+                starts.append(0)
                 errors.append(message)
         rewards = [0.0] * len(ids)
         good = [i for i, row in enumerate(ids) if row is not None]
         good.sort(key=lambda i: len(ids[i]))      # similar lengths together: less padding
         for start in range(0, len(good), self.batch_size):
             chunk = good[start:start + self.batch_size]
-            for i, value in zip(chunk, self.score_ids([ids[i] for i in chunk]), strict=True):
+            rows = [ids[i] for i in chunk]
+            values = self.score_ids(rows) if self.beta is None else \
+                self.likelihood_ids(rows, [starts[i] for i in chunk])
+            for i, value in zip(chunk, values, strict=True):
                 rewards[i] = value
         return ScoreResult(rewards, {self.name: list(rewards)}, errors)
 
@@ -220,3 +292,24 @@ class RewardModelScorer(Scorer):
         finally:
             self.model.config.pad_token_id = saved
         return logits[:, 0].float().tolist()
+
+    def likelihood_ids(self, rows: list[list[int]], starts: list[int]) -> list[float]:
+        """β · Σ log p(token | the tokens before it) over each row's tokens from `starts`
+        (the completion's first), one forward pass, right-padded."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        scored = torch.zeros((len(rows), width - 1), dtype=torch.bool)  # predicts token t+1
+        for k, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            input_ids[k, :len(row)] = torch.tensor(row)
+            scored[k, start - 1:len(row) - 1] = True
+        attention = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None])
+        first = min(starts) - 1            # logits only where some completion is predicted
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids.to(self.device),
+                                attention_mask=attention.long().to(self.device),
+                                logits_to_keep=width - first).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token = logps.gather(-1, input_ids[:, first + 1:, None].to(self.device))[..., 0]
+        return (self.beta * (token * scored[:, first:].to(self.device)).sum(1)).tolist()

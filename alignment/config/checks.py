@@ -28,6 +28,8 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         _check_critic(recipe, problems)
     if recipe.algorithm == "spin":
         _check_spin(recipe, problems)
+    if recipe.algorithm == "reward_model":
+        _check_reward_model(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
     if is_online(recipe):
@@ -90,6 +92,18 @@ def _check_spin(recipe: Recipe, problems: list[str]) -> None:
     elif len(lam) > recipe.spin.iterations:
         problems.append(f"spin.lam has {len(lam)} values for spin.iterations="
                         f"{recipe.spin.iterations}")
+
+
+def _check_reward_model(recipe: Recipe, problems: list[str]) -> None:
+    rm = recipe.reward_model
+    if rm.kind == "likelihood":
+        for key in ("token_weight", "lm_weight", "center_weight"):
+            if getattr(rm, key) > 0:
+                problems.append(f"reward_model.{key} applies to kind 'classifier' only "
+                                "(reward_model.kind is 'likelihood')")
+        if rm.lm_layer is not None:
+            problems.append("reward_model.lm_layer applies to kind 'classifier' only "
+                            "(reward_model.kind is 'likelihood')")
 
 
 def _check_critic(recipe: Recipe, problems: list[str]) -> None:

@@ -193,8 +193,15 @@ class SPINConfig:
 
 @dataclass
 class RewardModelConfig:
-    """Bradley-Terry reward model on preference pairs (a 1-output classification head)."""
+    """Bradley-Terry reward model on preference pairs: a 1-output classification head, or
+    the causal LM's own log-likelihood (`kind: likelihood`)."""
 
+    kind: Literal["classifier", "likelihood"] = param(
+        "classifier", "classifier = a linear head on the last token (a plain "
+        "AutoModelForSequenceClassification, TRL-compatible); likelihood = r(x, y) = beta * "
+        "log p(y | x) under the causal LM itself, trained with the same Bradley-Terry loss")
+    beta: float = param(0.1, "kind likelihood: the scale of the reward, beta * summed "
+                        "completion log-prob (as DPO's beta)", gt=0.0)
     center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
                                  "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
     token_weight: float = param(0.0, "weight of the token-level verifier term: the head, at "

@@ -6,6 +6,10 @@ Stiennon et al. 2020, Eq. 1, and Ouyang et al. 2022, Eq. 1):
 The optional second term (Eisenstein et al. 2023, "Helping or Herding?"; TRL's
 `center_rewards_coefficient`) keeps rewards centred on 0; the BT term alone is invariant to
 adding a constant to every reward.
+
+The rewards are whatever the model makes of (x, y): a linear head on the last token, or
+(a likelihood reward model) r(x, y) = β · log π_φ(y | x), for which this loss is DPO's
+Eq. 7 (Rafailov et al. 2023) with the reference term dropped.
 """
 
 import torch

