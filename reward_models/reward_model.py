@@ -24,8 +24,10 @@ with an id no row of the batch contains.
 
 A folder our trainer wrote with `reward_model.kind: likelihood` (its recipe.yaml says so) is
 a causal LM, scored as β · Σ log p(completion token | everything before it), the prompt and
-the completion tokenised separately exactly as training did. Any other folder without a
-score head is refused.
+the completion tokenised separately exactly as training did; with `reference=True`, as
+β · Σ (log p − log p_ref) against the model it was trained from (DPO's implicit reward:
+text the training did not touch, e.g. prose that answers nothing, scores ~0 instead of
+its fluency). Any other folder without a score head is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ def likelihood_beta(path) -> float | None:
         raise RewardModelError(f"{path}/recipe.yaml: reward_model.beta must be a number > 0, "
                                f"got {beta!r}")
     return float(beta)
+
+
+def _reference_path(path) -> str:
+    """The model a likelihood reward model was trained from (its recipe's model.name, or
+    model.reference when set), resolved as the trainer resolved it."""
+    model = _trained_recipe(path).get("model") or {}
+    name = model.get("reference") or model.get("name")
+    if not isinstance(name, str):
+        raise RewardModelError(f"{path}/recipe.yaml names no model.name to use as reference")
+    try:
+        from alignment.models import resolve_model
+    except ImportError:        # reward_models used on its own: a folder path
+        return name
+    return resolve_model(name)
 
 
 def check_reward_model_folder(path: str) -> dict:
@@ -135,7 +151,7 @@ class RewardModelScorer(Scorer):
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024,
                  dtype: str = "float32", chat_template: bool | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", reference: bool = False):
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -172,6 +188,13 @@ class RewardModelScorer(Scorer):
             AutoModelForCausalLM
         self.model = model_class.from_pretrained(
             path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.reference = None
+        if reference:     # β · (log p − log p_ref): DPO's implicit reward
+            if self.beta is None:
+                raise RewardModelError(f"{path}: reference applies to likelihood reward "
+                                       "models only; this one is a classifier")
+            self.reference = AutoModelForCausalLM.from_pretrained(
+                _reference_path(path), dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
 
     @classmethod
@@ -188,9 +211,14 @@ class RewardModelScorer(Scorer):
         if not isinstance(options.get("path"), (str, os.PathLike)):
             return problems     # a missing or non-string path is reported by the caller
         try:
-            check_reward_model_folder(locate_reward_model(options["path"]))
+            folder = locate_reward_model(options["path"])
+            check_reward_model_folder(folder)
         except RewardModelError as exc:
             problems.append(f"path: {exc}")
+            return problems
+        if options.get("reference") and likelihood_beta(folder) is None:
+            problems.append(f"reference: applies to likelihood reward models only; "
+                            f"{folder} is a classifier")
         return problems
 
     # ------------------------------------------------------------------ rendering
@@ -295,7 +323,14 @@ class RewardModelScorer(Scorer):
 
     def likelihood_ids(self, rows: list[list[int]], starts: list[int]) -> list[float]:
         """β · Σ log p(token | the tokens before it) over each row's tokens from `starts`
-        (the completion's first), one forward pass, right-padded."""
+        (the completion's first), one forward pass, right-padded; with a reference,
+        β · (that − the same sum under the reference)."""
+        scores = self._sum_logps(self.model, rows, starts)
+        if self.reference is not None:
+            scores = scores - self._sum_logps(self.reference, rows, starts)
+        return (self.beta * scores).tolist()
+
+    def _sum_logps(self, model, rows: list[list[int]], starts: list[int]):
         import torch
 
         width = max(len(r) for r in rows)
@@ -307,9 +342,9 @@ class RewardModelScorer(Scorer):
         attention = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None])
         first = min(starts) - 1            # logits only where some completion is predicted
         with torch.no_grad():
-            logits = self.model(input_ids=input_ids.to(self.device),
+            logits = model(input_ids=input_ids.to(self.device),
                                 attention_mask=attention.long().to(self.device),
                                 logits_to_keep=width - first).logits
         logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         token = logps.gather(-1, input_ids[:, first + 1:, None].to(self.device))[..., 0]
-        return (self.beta * (token * scored[:, first:].to(self.device)).sum(1)).tolist()
+        return (token * scored[:, first:].to(self.device)).sum(1)

@@ -452,3 +452,17 @@ def test_worked_columns_examples_and_check():
             wc.check_line(wrong)
     with pytest.raises(ValueError, match="one-digit factor"):
         wc.column_line(12, "*", 34)
+
+
+def test_policy_reward_model_pairs_hold_add2_rm_and_verifier_labelled_samples():
+    """add2_rm/train_policy.jsonl = add2_rm/train.jsonl + pairs from the policy's samples,
+    rejected always wrong by the verifier, chosen always right (data/policy_rm_pairs.py)."""
+    base = (ARITH / "add2_rm/train.jsonl").read_text().splitlines()
+    rows = (ARITH / "add2_rm/train_policy.jsonl").read_text().splitlines()
+    assert sorted(set(rows) & set(base)) == sorted(base)
+    policy = [json.loads(r) for r in rows if r not in set(base)]
+    assert len(policy) == len(rows) - len(base) > 500
+    for row in policy:
+        assert row["phrasing"] == "policy" and row["task"] == "add2"
+        assert is_correct(row["chosen"], row["answer"]), row
+        assert not is_correct(row["rejected"], row["answer"]), row

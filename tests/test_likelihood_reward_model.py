@@ -149,3 +149,30 @@ def test_classifier_only_keys_are_refused_with_likelihood(tmp_path, tiny_model_d
                                      reward_model={key: value}))
     with pytest.raises(ConfigError, match="reward_model.beta"):
         recipe_from_dict(_recipe(tmp_path, tiny_model_dir, data, reward_model={"beta": 0}))
+
+
+def test_reference_scores_the_log_likelihood_ratio(likelihood_rm, tiny_model_dir, tmp_path,
+                                                   capsys):
+    """reference=True: β · (log p − log p_ref) against the model it was trained from."""
+    from transformers import AutoModelForCausalLM
+
+    out, data, _, _, trainer = likelihood_rm
+    scorer = RewardModelScorer(str(out), reference=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pairs = trainer.load_examples(str(data), None, "eval")[:4]
+    examples = load_examples(str(data), "preference")[:4]
+    scores = scorer.score([scorer_prompt(ex) for ex in examples],
+                          [ex.completions["rejected"][-1]["content"] for ex in examples]).rewards
+    for pair, score in zip(pairs, scores, strict=True):
+        expected = BETA * (_sum_logps(scorer.model, pair.prompt_ids, pair.rejected_ids)
+                           - _sum_logps(base, pair.prompt_ids, pair.rejected_ids))
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    # a classifier has no reference: refused when the recipe is checked
+    classifier = tmp_path / "clf"
+    recipe_file = ROOT / "recipes/grpo.yaml"
+    recipe = _recipe(tmp_path, tiny_model_dir, data, reward_model={"kind": "classifier"},
+                     trainer={"max_steps": 1})
+    RewardModelTrainer(recipe_from_dict({**recipe, "output_dir": str(classifier)})).train()
+    assert main(["check", str(recipe_file),
+                 f"rewards=[{{name: reward_model, path: {classifier}, reference: true}}]"]) == 2
+    assert "likelihood reward models only" in capsys.readouterr().err
