@@ -52,6 +52,7 @@ from alignment.errors import TrainingError
 from alignment.losses import bradley_terry_loss, token_verifier_loss
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair, PairData
+from alignment.trainers.prefix_tree import collate_pair_tree
 from alignment.trainers.sequences import collate_pairs, pair_logps
 
 
@@ -102,6 +103,8 @@ class RewardModelTrainer(PairData, Trainer):
             shared.append(p.prompt_ids + p.chosen_ids[:k])
             chosen.append(p.chosen_ids[k:])
             rejected.append(p.rejected_ids[k:])
+        if self.likelihood:     # log-probs only: the system prompt etc. once per tree too
+            return collate_pair_tree(shared, chosen, rejected, self.pool_pad_id)
         batch = collate_pairs(shared, chosen, rejected, self.pool_pad_id)
         batch["lm_labels"] = _chosen_lm_labels(pairs, shared, chosen, batch["widths"])
         # tokens of the two whole sequences (what a trainer without sharing processes)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from alignment.losses import sequence_logps, token_logps
+from alignment.trainers.prefix_tree import pair_tree_logps
 
 
 def collate_sequences(prompts: list[list[int]], completions: list[list[int]],
@@ -87,7 +88,10 @@ def collate_pairs(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
 
 
 def pair_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
-    """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pairs` batch."""
+    """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pairs` batch (or a
+    `collate_pair_tree` one: the same numbers)."""
+    if batch.get("layout") == "tree":
+        return pair_tree_logps(model, batch, average=average)
     _, width_c, width_r = batch["widths"]
     device = next(model.parameters()).device
     out = model(input_ids=batch["input_ids"].to(device),

@@ -1,0 +1,143 @@
+"""Preference pairs packed as prefix trees: every token that several sequences share is
+computed once — the prompt a pair's two completions share, and also the chat template's
+system prompt and instruction words that every pair of a batch shares.
+
+A batch of pairs is 2n sequences prompt+chosen and prompt+rejected. Inserted into a
+prefix tree (a trie of token ids), each node is one token at one position in one context;
+laid out in insertion order (a parent before its children) in a row, a node attends to
+itself and its ancestors only (a 4-D mask), and its position id is its depth. The model
+then computes, at each node, exactly the hidden state it computes at that token of every
+sequence that passes through it (tested against separate sequences): the same log-probs,
+with shared tokens' gradients summed over the sequences that share them, as autograd does
+for separate sequences.
+
+On add2 pairs (16 per batch, SmolLM2's template): 128 tokens per pair as two sequences,
+97 per pair padded in the prompt-shared layout (`collate_pairs`), ~40 in prefix trees;
+a training step takes about half the time of `collate_pairs`.
+
+The attention under a dense 4-D mask costs T² per row of T tokens (measured on a 2-core
+CPU: a row costs ∝ T·(1 + T/1850)), so the pairs are cut into the number of rows R, from
+{1, 2, 4, ...}, that minimises R·T_max·(1 + T_max/2048): one tree for short batches,
+several when one would be long. Pairs are sorted by prompt first, so pairs whose prompts
+start alike share a tree.
+
+The log-prob of a token is read at its parent node (the position that predicts it), so
+the LM head runs on scored tokens only; every completion token is scored, including
+those chosen and rejected share (a reward model passes prompt + common start as the
+"prompt" to skip them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignment.losses import token_logps
+
+ROW_COST_TOKENS = 2048   # the T at which a row's attention costs as much as the rest
+
+
+def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
+                      rejected_ids: list[list[int]], pad_id: int, *,
+                      rows: int | None = None) -> dict:
+    """Pairs (prompt, chosen, rejected) as prefix-tree rows; `pair_tree_logps` reads the
+    (2n,) log-probs [chosen_1..n, rejected_1..n] of the completions given their prompts.
+    `rows` fixes the number of rows (default: the cheapest, see the module doc)."""
+    n = len(prompt_ids)
+    if any(not p for p in prompt_ids):
+        raise ValueError("collate_pair_tree: an empty prompt (the first completion token "
+                         "needs a token before it to be predicted from)")
+    order = sorted(range(n), key=lambda i: prompt_ids[i])
+    best = None
+    for count in [min(rows, n)] if rows else [2 ** k for k in range(n.bit_length())]:
+        chunks = [order[i * n // count:(i + 1) * n // count] for i in range(count)]
+        trees = [_Tree() for _ in chunks]
+        for tree, chunk in zip(trees, chunks, strict=True):
+            for i in chunk:
+                tree.insert(prompt_ids[i], chosen_ids[i], i)
+                tree.insert(prompt_ids[i], rejected_ids[i], n + i)
+        width = max(len(t.tokens) for t in trees)
+        cost = count * width * (1 + width / ROW_COST_TOKENS)
+        if best is None or cost < best[0]:
+            best = (cost, trees, width)
+    _, trees, width = best
+    batch = _layout(trees, width, pad_id)
+    batch["n_pairs"] = n
+    # tokens of the two sequences prompt+chosen and prompt+rejected (what a trainer
+    # without sharing processes): comparable across trainers and layouts
+    batch["n_tokens"] = sum(2 * len(p) + len(c) + len(r)
+                            for p, c, r in zip(prompt_ids, chosen_ids, rejected_ids, strict=True))
+    return batch
+
+
+def pair_tree_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
+    """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pair_tree` batch: the
+    sum (or, with `average`, the mean) over each completion's tokens."""
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                logits_to_keep=1, output_hidden_states=True, use_cache=False)
+    hidden = out.hidden_states[-1]            # (R, T, H), after the final norm
+    rows, parents = batch["scored_row"].to(device), batch["scored_parent"].to(device)
+    head = getattr(model, "module", model).get_output_embeddings()   # (inside DDP / DS)
+    logits = head(hidden[rows, parents])      # (N, V): only the positions that are scored
+    per_token = token_logps(logits[None], batch["scored_token"].to(device)[None])[0]
+    sequence = batch["scored_sequence"].to(device)
+    n = 2 * batch["n_pairs"]
+    sums = torch.zeros(n, dtype=per_token.dtype, device=device).index_add(0, sequence, per_token)
+    if not average:
+        return sums
+    counts = torch.zeros(n, dtype=per_token.dtype, device=device).index_add(
+        0, sequence, torch.ones_like(per_token))
+    return sums / counts.clamp(min=1)
+
+
+class _Tree:
+    """One row: token ids in insertion order, each node's parent and depth, and the
+    (node, sequence) pairs to score."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+        self.children: dict[tuple[int, int], int] = {}
+        self.scored: list[tuple[int, int]] = []
+
+    def insert(self, prompt: list[int], completion: list[int], sequence: int) -> None:
+        node = -1
+        for depth, token in enumerate(prompt + completion):
+            child = self.children.get((node, token))
+            if child is None:
+                child = self.children[(node, token)] = len(self.tokens)
+                self.tokens.append(token)
+                self.parent.append(node)
+                self.depth.append(depth)
+            if depth >= len(prompt):
+                self.scored.append((child, sequence))
+            node = child
+
+
+def _layout(trees: list[_Tree], width: int, pad_id: int) -> dict:
+    rows = len(trees)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)   # padding: itself only
+    scored_row, scored_parent, scored_token, scored_sequence = [], [], [], []
+    for r, tree in enumerate(trees):
+        size = len(tree.tokens)
+        input_ids[r, :size] = torch.tensor(tree.tokens)
+        position_ids[r, :size] = torch.tensor(tree.depth)
+        mask = visible[r]
+        for node, parent in enumerate(tree.parent):   # a node sees its parent's view + itself
+            if parent >= 0:
+                mask[node] |= mask[parent]
+        for node, sequence in tree.scored:
+            scored_row.append(r)
+            scored_parent.append(tree.parent[node])
+            scored_token.append(tree.tokens[node])
+            scored_sequence.append(sequence)
+    return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (R, 1, T, T)
+            "position_ids": position_ids, "layout": "tree",
+            "scored_row": torch.tensor(scored_row), "scored_parent": torch.tensor(scored_parent),
+            "scored_token": torch.tensor(scored_token),
+            "scored_sequence": torch.tensor(scored_sequence)}
