@@ -29,6 +29,8 @@ run; the ratio is against the fastest):
   bf16       bf16 weights, bf16=True: pure bf16 training (AdamW on bf16 parameters)
   autocast   fp32 weights under bf16 autocast (bf16=True on an fp32 model)
   +gc        suffix: gradient checkpointing on (TRL's RewardConfig default)
+  +len       suffix: transformers' length-grouped sampler (batches of similar length: less
+             padding; ours groups by length too)
 With --speed-steps K (default 8) every TRL configuration first runs K steps to find the
 fastest; only that one then runs the full --steps (accuracy needs the full run, and on 2
 cores the full run of every configuration would take most of an hour).
@@ -118,6 +120,8 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
                                   "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                   "rejected": [{"role": "assistant", "content": r["rejected"]}]}
                                  for r in rows])
+    if "+len" in config:    # a length column for the length-grouped sampler
+        dataset = dataset.add_column("length", pair_tokens(data, args.model))
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -131,7 +135,9 @@ def run_trl(args, out: Path, data: Path, config: str) -> dict:
         output_dir=str(out), max_steps=len(rows) // args.batch, num_train_epochs=1,
         per_device_train_batch_size=args.batch, learning_rate=args.lr,
         lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
-        bf16=autocast, gradient_checkpointing=config.endswith("+gc"), use_cpu=True,
+        bf16=autocast, gradient_checkpointing="+gc" in config, use_cpu=True,
+        train_sampling_strategy="group_by_length" if "+len" in config else "random",
+        remove_unused_columns="+len" not in config,   # (the sampler reads `length`)
         report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10,
         dataloader_num_workers=0, seed=args.seed, max_length=192,
         center_rewards_coefficient=None)

@@ -60,9 +60,12 @@ def test_shared_tokens_are_computed_once():
     batch = collate_pair_tree(PROMPTS, CHOSEN, REJECTED, pad_id=0, rows=1)
     pairs = collate_pairs(PROMPTS, CHOSEN, REJECTED, pad_id=0)
     # one copy of the system prompt, of the repeated prompt [.. 7, 8], of the completions'
-    # common starts [20, 21], [26] and [27]: node counts pair by pair (prompt, chosen, rejected)
-    distinct = len(SYSTEM) + (2 + 3 + 1) + (1 + 2 + 1) + (0 + 1 + 2) + (3 + 1 + 1) + (2 + 4 + 0)
+    # common starts [20, 21], [26] and [27]; a sequence's last token is only predicted,
+    # never read, so it has no node (26 has one: [26, 35] continues past it). Nodes pair
+    # by pair (prompt, chosen, rejected):
+    distinct = len(SYSTEM) + (2 + 2 + 0) + (1 + 1 + 0) + (0 + 0 + 1) + (3 + 0 + 1) + (2 + 3 + 0)
     assert batch["input_ids"].shape == (1, distinct)
+    assert len(batch["scored_token"]) == sum(map(len, CHOSEN + REJECTED))
     assert batch["n_tokens"] == pairs["n_tokens"] == sum(
         2 * len(p) + len(c) + len(r) for p, c, r in zip(PROMPTS, CHOSEN, REJECTED, strict=True))
     # the cheapest layout is never wider in total than one row
@@ -71,14 +74,15 @@ def test_shared_tokens_are_computed_once():
 
 
 def test_padding_sees_only_itself_and_nodes_their_ancestors():
-    batch = collate_pair_tree([[1, 2]], [[3, 4]], [[3, 5]], pad_id=0, rows=1)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
+    batch = collate_pair_tree([[1, 2]], [[3, 4, 6]], [[3, 5, 6]], pad_id=0, rows=1)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]     # the last 6s: labels only
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 3]]
     mask = batch["attention_mask"][0, 0].int().tolist()
     assert mask == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0],
                     [1, 1, 1, 0, 1]]
     # two rows: the shorter one is padded with tokens that see only themselves
-    two = collate_pair_tree([[1, 2], [6, 7, 8]], [[3], [3]], [[4], [4]], pad_id=0, rows=2)
+    two = collate_pair_tree([[1, 2], [6, 7, 8]], [[3, 9], [3, 9]], [[4, 9], [4, 9]],
+                            pad_id=0, rows=2)
     assert two["input_ids"].tolist() == [[1, 2, 3, 4, 0], [6, 7, 8, 3, 4]]
     assert two["attention_mask"][0, 0, 4].int().tolist() == [0, 0, 0, 0, 1]
 

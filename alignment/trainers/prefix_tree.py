@@ -94,26 +94,31 @@ def pair_tree_logps(model, batch: dict, *, average: bool = False) -> torch.Tenso
 
 class _Tree:
     """One row: token ids in insertion order, each node's parent and depth, and the
-    (node, sequence) pairs to score."""
+    completion tokens to score: read at their parent node."""
 
     def __init__(self):
         self.tokens: list[int] = []
         self.parent: list[int] = []
         self.depth: list[int] = []
         self.children: dict[tuple[int, int], int] = {}
-        self.scored: list[tuple[int, int]] = []
+        self.scored: list[tuple[int, int, int]] = []   # (parent node, token, sequence)
 
     def insert(self, prompt: list[int], completion: list[int], sequence: int) -> None:
+        """Add prompt + completion; a sequence's last token gets no node of its own (it is
+        only ever predicted, never read), unless another sequence continues past it."""
+        tokens = prompt + completion
         node = -1
-        for depth, token in enumerate(prompt + completion):
+        for depth, token in enumerate(tokens):
+            if depth >= len(prompt):
+                self.scored.append((node, token, sequence))
+            if depth == len(tokens) - 1:
+                break
             child = self.children.get((node, token))
             if child is None:
                 child = self.children[(node, token)] = len(self.tokens)
                 self.tokens.append(token)
                 self.parent.append(node)
                 self.depth.append(depth)
-            if depth >= len(prompt):
-                self.scored.append((child, sequence))
             node = child
 
 
@@ -131,10 +136,10 @@ def _layout(trees: list[_Tree], width: int, pad_id: int) -> dict:
         for node, parent in enumerate(tree.parent):   # a node sees its parent's view + itself
             if parent >= 0:
                 mask[node] |= mask[parent]
-        for node, sequence in tree.scored:
+        for parent, token, sequence in tree.scored:
             scored_row.append(r)
-            scored_parent.append(tree.parent[node])
-            scored_token.append(tree.tokens[node])
+            scored_parent.append(parent)
+            scored_token.append(token)
             scored_sequence.append(sequence)
     return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (R, 1, T, T)
             "position_ids": position_ids, "layout": "tree",

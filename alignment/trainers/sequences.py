@@ -13,6 +13,8 @@ prompt once and both completions, kept apart by a 4-D attention mask. Online sam
 (G per prompt) come in two layouts with the same keys and the same log-probs:
 `collate_groups` (a prompt once, its G completions after it under a 4-D mask) and
 `collate_separate` (a row per sample); `collate_online` picks the cheaper one per batch.
+Pairs can also be packed as prefix trees (`prefix_tree.collate_pair_tree`: every token
+any two sequences of the batch share computed once); `pair_logps` reads both layouts.
 """
 
 from __future__ import annotations
