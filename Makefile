@@ -39,7 +39,7 @@ bench-pairs: setup
 # recipe's set-up); accuracy, tokens/s. RM_INIT: the causal LM both start from.
 RM_INIT ?= smollm2-135m
 bench-rm: setup
-	HF_HUB_OFFLINE=1 $(PY) bench/reward_model_vs_trl.py --model $(RM_INIT) --lora 32 --lr 5e-4 --ours-lr 2e-4 --steps 100 --output bench/reward_model_vs_trl.json
+	HF_HUB_OFFLINE=1 $(PY) bench/reward_model_vs_trl.py --model $(RM_INIT) --lora 32 --lr 5e-4 --ours-lr 2e-4 --steps 100 --speed-steps 8 --trl-configs fp32,fp32+len --output bench/reward_model_vs_trl.json
 
 # PPO / APA / DR-PO vs GRPO: s/step at 64 samples per step, time split, peak RSS.
 bench-actor-critic: setup

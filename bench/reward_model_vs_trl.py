@@ -1,7 +1,7 @@
 """Reward-model training: ours vs TRL's `RewardTrainer`, same run, same pairs, same steps.
 
     python bench/reward_model_vs_trl.py                      # 100 steps x 16 pairs
-    python bench/reward_model_vs_trl.py --steps 8 --trl-configs bf16,autocast,bf16+gc
+    python bench/reward_model_vs_trl.py --steps 8 --trl-configs fp32+len,bf16+len,autocast+gc
     python bench/reward_model_vs_trl.py --kind classifier --ours-lr 5e-4   # head vs head
 
 Both sides get: the same causal LM (--model: the bundled SmolLM2-135M-Instruct), the first
@@ -224,7 +224,9 @@ def main() -> None:
     p.add_argument("--lora", type=int, default=0, help="LoRA rank on both sides (alpha = 2r, "
                    "every linear layer, the score head trained in full); 0 = full fine-tuning")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--trl-configs", default="fp32,autocast,bf16")
+    p.add_argument("--trl-configs", default="fp32,fp32+len,autocast+len,bf16+len",
+                   help="TRL configurations to try (see the module doc); on a CPU without "
+                   "bf16 instructions autocast/bf16 are emulated and ~3.5x slower")
     p.add_argument("--output", default=str(ROOT / "bench/reward_model_vs_trl.json"))
     p.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     # child-only

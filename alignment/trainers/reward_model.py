@@ -42,7 +42,7 @@ trained classifier 70%. In a pair row only the tokens after the completions' com
 are scored: the shared tokens add the same log-prob to both, so margins and accuracy are
 those of the whole completions. Its batches are prefix trees (`collate_pair_tree`): the
 chat template's system prompt and the words prompts share are computed once per tree too,
-~40 tokens per add2 pair instead of 97 in pair rows. The saved folder is the merged causal LM; its
+50 tokens per add2 pair instead of 83 in pair rows. The saved folder is the merged causal LM; its
 `recipe.yaml` (reward_model.kind, .beta) tells `RewardModelScorer` to score it so.
 """
 
