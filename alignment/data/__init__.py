@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from alignment.data.formats import Example, parse_examples, scorer_prompt
 from alignment.data.io import DataError, Row, read_rows
+from alignment.data.templates import render_completion, render_prompt
 from alignment.data.tokenize import (
     SkipReport,
     TokenizedExample,
-    render_prompt,
     tokenize_examples,
 )
 
@@ -21,4 +21,5 @@ def load_examples(path: str, kind: str, limit: int | None = None) -> list[Exampl
 
 
 __all__ = ["DataError", "Example", "Row", "SkipReport", "TokenizedExample", "load_examples",
-           "parse_examples", "read_rows", "render_prompt", "scorer_prompt", "tokenize_examples"]
+           "parse_examples", "read_rows", "render_completion", "render_prompt", "scorer_prompt",
+           "tokenize_examples"]

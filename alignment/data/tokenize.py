@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignment.data.formats import Example, Messages, scorer_prompt
+from alignment.data.formats import Example, scorer_prompt
 from alignment.data.io import DataError
+from alignment.data.templates import render_completion, render_prompt
 
 
 @dataclass
@@ -49,30 +50,6 @@ class SkipReport:
         if self.truncated:
             parts.append(f"truncated {self.truncated} over-long rows")
         return "; ".join(parts)
-
-
-def render_prompt(tokenizer, prompt: Messages, *, chat_template: bool = True,
-                  system_prompt: str | None = None, plain: bool = False) -> str:
-    if not chat_template:
-        if not plain:
-            raise DataError("data.chat_template is false but the data is conversational")
-        return prompt[0]["content"]
-    if system_prompt and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system_prompt}, *prompt]
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def render_completion(tokenizer, prompt_text: str, prompt: Messages, completion: Messages, *,
-                      chat_template: bool = True, system_prompt: str | None = None) -> str:
-    if not chat_template:
-        return completion[-1]["content"] + (tokenizer.eos_token or "")
-    if system_prompt and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system_prompt}, *prompt]
-    full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-    if not full.startswith(prompt_text):
-        raise DataError("the chat template does not render the prompt as a prefix of the "
-                        "whole conversation; cannot separate the completion tokens")
-    return full[len(prompt_text):]
 
 
 def tokenize_examples(tokenizer, examples: list[Example], *, max_length: int,
