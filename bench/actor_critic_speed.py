@@ -29,7 +29,7 @@ PARTS = ("generate", "score", "prepare", "update", "sync")
 def run(algorithm: str, steps: int, out: Path) -> dict:
     overrides = [f"output_dir={out}", f"trainer.max_steps={steps}", "trainer.eval_every=null",
                  "trainer.save_every=null", "eval.before_after=false", "data.eval=null",
-                 "logging.progress_bar=false", "logging.tensorboard=false"]
+                 "logging.progress_bar=false", "logging.report_to=[]"]
     # a fresh wrapper per run: RUSAGE_CHILDREN is then this run's peak alone
     code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")

@@ -110,7 +110,7 @@ QUICK = {"samples": 128, "seeds": "42", "runs": "runs/compare-quick", "out": "ru
 # other jobs share made steps up to 30x slower in a trial.
 QUICK_OVERRIDES = ("model.dtype=float32", "trainer.threads=1", "data.train_limit=32",
                    "data.eval_limit=4", "eval.limit=4", "eval.max_new_tokens=8",
-                   "trainer.eval_every=1", "logging.tensorboard=false")
+                   "trainer.eval_every=1", "logging.report_to=[]")
 QUICK_ROLLOUT = ("rollout.backend=hf",)   # for the recipes that generate
 # Online recipes in quick mode: a random model never writes the answer, so every sample
 # would score the same and GRPO, online DPO and DAPO would skip every update; an "x"

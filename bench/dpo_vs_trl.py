@@ -123,7 +123,7 @@ def run_ours(args) -> dict:
                     "scheduler": "constant", "save_every": None, "seed": 0,
                     "optimizer": args.our_optimizer},
         "dpo": {"beta": 0.1}, "eval": {"before_after": False},
-        "logging": {"tensorboard": False, "progress_bar": False},
+        "logging": {"report_to": [], "progress_bar": False},
     })
     trainer = DPOTrainer(recipe)
     trainer.export_final = lambda: None  # saving is not timed (nor done) in the bench

@@ -167,7 +167,7 @@ def run_ours(args) -> dict:
                     "top_k": 0, "max_new_tokens": args.new_tokens, "dtype": "auto"},
         "rewards": [{"name": "exact_answer"}],
         "eval": {"before_after": False},
-        "logging": {"tensorboard": False, "progress_bar": False},
+        "logging": {"report_to": [], "progress_bar": False},
     })
     start = time.perf_counter()
     trainer = GRPOTrainer(recipe)

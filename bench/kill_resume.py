@@ -77,7 +77,7 @@ def write_recipe(root: Path, algorithm: str, name: str, files: dict[str, str],
     every 3. GRPO (HF engine): 8 steps, 2 prompts x 4 samples, a checkpoint
     every 2; the reward ("starts with a space") splits the tiny model's samples."""
     common = {"output_dir": str(root / name), "eval": {"before_after": False},
-              "logging": {"tensorboard": False, "progress_bar": False}}
+              "logging": {"report_to": [], "progress_bar": False}}
     if algorithm == "dpo":
         recipe = {"algorithm": "dpo", "model": {"name": files["model"], "dtype": "float32",
                                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},

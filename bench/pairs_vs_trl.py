@@ -267,7 +267,7 @@ def our_recipe(args, out: str) -> dict:
                     "dtype": "auto"},
         "rewards": rewards,
         "eval": {"before_after": False},
-        "logging": {"tensorboard": False, "progress_bar": False},
+        "logging": {"report_to": [], "progress_bar": False},
     }
 
 

@@ -92,7 +92,7 @@ def run_ours(args, out: Path, data: Path) -> dict:
                     "warmup_steps": 10, "scheduler": "cosine", "eval_every": None,
                     "save_every": None, "seed": args.seed,
                     "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = RewardModelTrainer(recipe)
     trainer.train()
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -41,7 +41,7 @@ def run(name: str, processes: int, config: str | None, args, out: Path) -> dict:
                  f"trainer.grad_accum={most // processes}",
                  "trainer.save_every=null", "trainer.eval_every=null", "data.eval=null",
                  f"data.train_limit={args.train_limit}", "eval.before_after=false",
-                 f"model.dtype={args.dtype}", "logging.tensorboard=false",
+                 f"model.dtype={args.dtype}", "logging.report_to=[]",
                  f"launch.num_processes={processes}"]
     if config:
         overrides.append(f"launch.config_file={config}")

@@ -68,7 +68,7 @@ def ac_dict(algorithm, out, policy, prompts, **sections) -> dict:
             # the tiny random model starts its answer with a space about half the time
             "rewards": [{"name": "regex", "pattern": "^ "}],
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return base

@@ -50,7 +50,7 @@ def dpo_recipe(tmp_path: Path, policy: str, out: Path, **trainer) -> Path:
               "trainer": {"batch_size": 2, "lr": 1e-3, "max_steps": 4, "save_every": None,
                           "eval_every": 2, **trainer},
               "eval": {"before_after": False},
-              "logging": {"tensorboard": False, "progress_bar": False}}
+              "logging": {"report_to": [], "progress_bar": False}}
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -70,7 +70,7 @@ def grpo_recipe(tmp_path: Path, policy: str, out: Path, rewards=None, **grpo) ->
               # the tiny random model starts its answer with a space about half the time
               "rewards": rewards or [{"name": "regex", "pattern": "^ "}],
               "eval": {"before_after": False},
-              "logging": {"tensorboard": False, "progress_bar": False}}
+              "logging": {"report_to": [], "progress_bar": False}}
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -50,7 +50,7 @@ def pairs_file(tmp_path_factory):
 def make_recipe(out, algorithm="dpo", **sections):
     base = {"algorithm": algorithm, "output_dir": str(out),
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = value
     return recipe_from_dict(base)
@@ -249,7 +249,7 @@ def _write_recipe(path: Path, models, pairs_file, out, **overrides) -> Path:
               "trainer": {"batch_size": 2, "lr": 1e-3, "max_steps": 12, "save_every": 3,
                           "keep_checkpoints": 2},
               "eval": {"before_after": False},
-              "logging": {"tensorboard": False}}
+              "logging": {"report_to": []}}
     for key, value in overrides.items():
         recipe[key] = {**recipe.get(key, {}), **value}
     path.write_text(yaml.safe_dump(recipe))

@@ -47,7 +47,7 @@ def make_recipe(out, model, prompts, **sections):
             "rollout": {"backend": "hf", "max_new_tokens": 6, "temperature": 1.0},
             "rewards": [{"name": "exact_answer"}],
             "eval": {"before_after": False, "max_new_tokens": 6},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe_from_dict(base)
@@ -293,7 +293,7 @@ def test_grpo_with_vllm_engine_end_to_end(tmp_path, bundled_model_dir, repo_root
            f"output_dir={out}", "trainer.max_steps=2", "trainer.eval_every=null",
            "trainer.save_every=null", "grpo.prompts_per_step=2", "grpo.num_generations=4",
            "rollout.max_new_tokens=8", "rollout.backend=vllm", "data.eval_limit=4",
-           "eval.before_after=false", "logging.tensorboard=false"]
+           "eval.before_after=false", "logging.report_to=[]"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -95,7 +95,7 @@ def _dpo(out: Path, files: dict, **trainer) -> dict:
             "trainer": {"batch_size": 2, "lr": 1e-3, "max_steps": 2, "save_every": 2,
                         "threads": 1, **trainer},
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
 
 
 def test_resume_with_a_changed_recipe_stops_and_lists_the_changes(campaign, tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_recipe_changes_ignore_only_the_keys_that_may_change():
     base = recipe_from_dict({"algorithm": "dpo"})
     other = recipe_from_dict({"algorithm": "dpo", "output_dir": "elsewhere",
                               "trainer": {"max_steps": 9, "threads": 1, "eval_every": 3},
-                              "launch": {"num_processes": 2}, "logging": {"tensorboard": False},
+                              "launch": {"num_processes": 2}, "logging": {"report_to": []},
                               "eval": {"limit": 5}, "model": {"lora": {"r": 8}}})
     assert checkpoint.recipe_changes(dump_recipe(base), dump_recipe(other)) == [
         "model.lora.r: 0 -> 8"]

@@ -77,7 +77,7 @@ def _grpo_recipe(out, model, prompts, **rollout):
         "grpo": {"prompts_per_step": 2, "num_generations": 4},
         "rollout": {"backend": "hf", "max_new_tokens": 6, **rollout},
         "eval": {"before_after": False, "max_new_tokens": 10},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
 
 
 def test_trainer_sizes_the_cache_for_its_step_and_eval(tmp_path, tiny_model_dir, repo_root):
@@ -123,7 +123,7 @@ def _trainer(algorithm, out, model, repo_root):
         "trainer": {"max_steps": 1, "save_every": None, "batch_size": 4}, algorithm: section,
         "rollout": {"backend": "hf", "max_new_tokens": 6},
         "eval": {"before_after": False, "max_new_tokens": 10},
-        "logging": {"tensorboard": False, "progress_bar": False},
+        "logging": {"report_to": [], "progress_bar": False},
         **({"rewards": [{"name": "exact_answer"}]} if algorithm == "dpo" else {})})
     module, _, name = TRAINERS[trainer_key(recipe)].partition(":")
     return getattr(importlib.import_module(module), name)(recipe)

@@ -31,7 +31,7 @@ def _recipe(tmp, tiny_model_dir, data, **overrides) -> dict:
         "trainer": {"batch_size": 8, "lr": 3e-3, "max_steps": 30, "save_every": None,
                     "scheduler": "constant"},
         "reward_model": {"kind": "likelihood", "beta": BETA},
-        "logging": {"tensorboard": False, "progress_bar": False}}
+        "logging": {"report_to": [], "progress_bar": False}}
     for key, value in overrides.items():
         recipe[key] = {**recipe.get(key, {}), **value}
     return recipe

@@ -368,7 +368,7 @@ data("csv-empty-prompt-cell", "rows.csv", "prompt,answer\nWhat is 1+1?,2\n,3\n",
 TRAIN_DPO = ("algorithm: dpo\noutput_dir: '@TMP@/out'\nmodel: {name: '@TINY@'}\n"
              "data: {train: pairs.jsonl, eval: null, max_length: 128, max_prompt_length: 96}\n"
              "trainer: {batch_size: 2, max_steps: 2, save_every: null}\n"
-             "eval: {before_after: false}\nlogging: {tensorboard: false, progress_bar: false}\n")
+             "eval: {before_after: false}\nlogging: {report_to: [], progress_bar: false}\n")
 
 
 def pairs_case(id_: str, rows: str | bytes, *expect: str, recipe_text: str = TRAIN_DPO) -> None:
@@ -567,7 +567,7 @@ TRAIN_GRPO = ("algorithm: grpo\noutput_dir: '@TMP@/out'\nmodel: {name: '@TINY@',
               "trainer: {batch_size: 4, max_steps: 2, save_every: null}\n"
               "grpo: {prompts_per_step: 2, num_generations: 2}\n"
               "rollout: {backend: hf, max_new_tokens: 4}\n"
-              "eval: {before_after: false}\nlogging: {tensorboard: false, progress_bar: false}\n")
+              "eval: {before_after: false}\nlogging: {report_to: [], progress_bar: false}\n")
 PROMPT_ROWS = {"prompts.jsonl": jsonl(*[{"prompt": f"What is {i} + 1?", "answer": i + 1}
                                         for i in range(4)])}
 

@@ -34,7 +34,7 @@ def dpo_recipe(out, model, pairs, dtype="float32", **trainer):
         "trainer": {"batch_size": 2, "grad_accum": 2, "max_steps": 3, "lr": 1e-3,
                     "save_every": None, "scheduler": "linear", **trainer},
         "eval": {"before_after": False},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
 
 
 class Recording(DPOTrainer):
@@ -209,7 +209,7 @@ def grpo_recipe(out, model, prompts, dtype="float64", **sections):
             "rollout": {"backend": "hf", "max_new_tokens": 6, "temperature": 1.0},
             "rewards": [{"name": "exact_answer"}],
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe_from_dict(base)
@@ -426,7 +426,7 @@ trainer = Recording(recipe_from_dict({
     "trainer": {"batch_size": 2, "grad_accum": 2, "max_steps": 3, "lr": 1e-3,
                 "save_every": None},
     "eval": {"before_after": False},
-    "logging": {"tensorboard": False, "progress_bar": False}}))
+    "logging": {"report_to": [], "progress_bar": False}}))
 trainer.after = [[p.detach().clone() for p in trainer.model.parameters()]]
 param = next(p for p in trainer.model.parameters() if p.requires_grad)
 calls = [0]

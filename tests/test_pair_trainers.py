@@ -56,7 +56,7 @@ def online_recipe(out, model, prompts, algorithm="dpo", **sections):
             "rollout": {"backend": "hf", "max_new_tokens": 6, "temperature": 1.0},
             "rewards": [{"name": "test_pair_trainers:char_reward"}],
             "eval": {"before_after": False, "max_new_tokens": 6},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe_from_dict(base)
@@ -194,7 +194,7 @@ def offline_recipe(out, model, pairs, **sections):
             "trainer": {"lr": 1e-3, "batch_size": 4, "max_steps": 3, "save_every": None,
                         "seed": 1},
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe_from_dict(base)

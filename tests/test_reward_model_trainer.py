@@ -48,7 +48,7 @@ def test_reward_model_trainer_learns_and_exports(tmp_path, tiny_model_dir):
         "data": {"train": str(data), "eval": str(data)},
         "trainer": {"batch_size": 8, "lr": 3e-3, "max_steps": 40, "save_every": None,
                     "scheduler": "constant"},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = RewardModelTrainer(recipe)
     before = trainer.evaluate_loss()
     summary = trainer.train()
@@ -93,7 +93,7 @@ def _rm_trainer(tmp_path, tiny_model_dir, **reward_model):
         "data": {"train": str(data), "eval": str(data)},
         "trainer": {"batch_size": 4, "max_steps": 1, "save_every": None},
         "reward_model": reward_model,
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = RewardModelTrainer(recipe)
     return trainer, trainer.load_examples(str(data), None, "train")
 

@@ -39,7 +39,7 @@ def trained_rm(tmp_path_factory, tiny_model_dir):
         "data": {"train": str(data), "eval": str(data)},
         "trainer": {"batch_size": 8, "lr": 3e-3, "max_steps": 30, "save_every": None,
                     "scheduler": "constant"},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = RewardModelTrainer(recipe)
     summary = trainer.train()
     return tmp / "rm", data, summary, trainer
@@ -244,7 +244,7 @@ def test_online_scorers_get_the_prompt_as_written(tiny_model_dir, tmp_path):
         "data": {"train": str(data), "train_limit": 8, "system_prompt": "Be brief."},
         "rollout": {"backend": "hf", "max_new_tokens": 4},
         "rewards": [{"name": "exact_answer"}],
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = GRPOTrainer(recipe)
     prompts = trainer.load_prompts(str(data), 4)
     first = json.loads(data.read_text().splitlines()[0])
@@ -281,7 +281,7 @@ def test_grpo_trains_on_the_reward_model_alone(trained_rm, tiny_model_dir, tmp_p
         "rollout": {"backend": "hf", "max_new_tokens": 6},
         "rewards": [{"name": "reward_model", "path": str(trained_rm[0])}],
         "eval": {"before_after": False},
-        "logging": {"tensorboard": False, "progress_bar": False}})
+        "logging": {"report_to": [], "progress_bar": False}})
     trainer = GRPOTrainer(recipe)
     summary = trainer.train()
     assert summary["steps"] == 2

@@ -56,7 +56,7 @@ def sft_recipe(out, model, train, **sections):
             "trainer": {"lr": 1e-2, "batch_size": 8, "max_steps": 16, "save_every": None,
                         "eval_every": 16, "scheduler": "constant", "seed": 3},
             "eval": {"before_after": False},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return recipe_from_dict(base)

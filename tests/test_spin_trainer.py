@@ -37,7 +37,7 @@ def spin_recipe(out, model, sft, evals, **sections):
             "spin": {"iterations": 2, "epochs": 1, "lam": [0.1, 0.5]},
             "rollout": {"backend": "hf", "max_new_tokens": 20, "temperature": 1.0},
             "eval": {"before_after": False, "max_new_tokens": 8},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+            "logging": {"report_to": [], "progress_bar": False}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe_from_dict(base)

@@ -30,6 +30,7 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         _check_spin(recipe, problems)
     if recipe.algorithm == "reward_model":
         _check_reward_model(recipe, problems)
+    _check_trackers(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
     if is_online(recipe):
@@ -104,6 +105,29 @@ def _check_reward_model(recipe: Recipe, problems: list[str]) -> None:
         if rm.lm_layer is not None:
             problems.append("reward_model.lm_layer applies to kind 'classifier' only "
                             "(reward_model.kind is 'likelihood')")
+
+
+def _check_trackers(recipe: Recipe, problems: list[str]) -> None:
+    """Each tracker in logging.report_to is installed: refused here, not after the model
+    has loaded."""
+    import importlib.metadata
+    import importlib.util
+    import os
+
+    names = recipe.logging.report_to
+    if "none" in names and len(names) > 1:
+        problems.append(f"logging.report_to: 'none' cannot be combined with trackers {names}")
+    for name in names:   # (each tracker's package has its module's name)
+        if name != "none" and importlib.util.find_spec(name) is None:
+            problems.append(f"logging.report_to: '{name}' is not installed: pip install {name}")
+    if ("mlflow" in names and not os.environ.get("MLFLOW_TRACKING_URI")
+            and importlib.util.find_spec("mlflow") is not None):
+        try:   # mlflow's default store (sqlite:///mlflow.db) needs the full package
+            importlib.metadata.distribution("mlflow")
+        except importlib.metadata.PackageNotFoundError:   # only mlflow-skinny
+            problems.append("logging.report_to: mlflow-skinny has no local store: set "
+                            "MLFLOW_TRACKING_URI (an http(s):// server, or file:DIR with "
+                            "MLFLOW_ALLOW_FILE_STORE=true) or pip install mlflow")
 
 
 def _check_critic(recipe: Recipe, problems: list[str]) -> None:

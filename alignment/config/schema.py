@@ -382,9 +382,19 @@ class LaunchConfig:
 
 @dataclass
 class LoggingConfig:
-    """Where and how progress is reported."""
+    """Where and how progress is reported (metrics.jsonl and summary.json are always
+    written; docs/tracking.md)."""
 
-    tensorboard: bool = param(True, "write TensorBoard event files under output_dir/logs")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow", "none"]] = param(
+        default_factory=lambda: ["tensorboard"],
+        help="experiment trackers, through Accelerate's: tensorboard (event files under "
+        "output_dir/logs/<run_name>), wandb, trackio, mlflow; [] or [none] for none. Each "
+        "gets the metrics and the resolved recipe as the run's config; a resumed run "
+        "continues the same tracker run. A tracker that is not installed is refused")
+    run_name: str | None = param(None, "the run's name in every tracker; null = the name of "
+                                 "output_dir's last folder (e.g. 'dpo' for runs/dpo)")
+    project: str = param("alignment", "wandb / trackio project and mlflow experiment "
+                         "(the environment's MLFLOW_EXPERIMENT_NAME wins for mlflow)")
     progress_bar: bool = param(True, "live progress bar (off automatically when not a TTY)")
 
 

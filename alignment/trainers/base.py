@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from alignment import atomic
-from alignment.config import Recipe, dump_recipe
+from alignment.config import Recipe, dump_recipe, recipe_to_dict
 from alignment.errors import TrainingError
 from alignment.models import (
     load_causal_lm,
@@ -188,10 +188,11 @@ class Trainer(abc.ABC):
         self.before_training()
         if self.step == 0:
             self.generation_eval("before")
+        log = self.recipe.logging
         logger = MetricsLogger(self.output_dir, enabled=self.is_main, total_steps=self.total_steps,
-                               start_step=self.step,
-                               tensorboard=self.recipe.logging.tensorboard,
-                               progress_bar=self.recipe.logging.progress_bar)
+                               start_step=self.step, report_to=log.report_to,
+                               run_name=log.run_name, project=log.project,
+                               config=recipe_to_dict(self.recipe), progress_bar=log.progress_bar)
         self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
                   f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
                   f"{self.world} process(es), {next(self.policy.parameters()).dtype}"

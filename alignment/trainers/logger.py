@@ -1,10 +1,21 @@
-"""Metrics out: a live progress bar, TensorBoard, `metrics.jsonl`, and at the end a
-`summary.json` plus `curves.png` of the logged curves. Only the main process writes."""
+"""Metrics out: a live progress bar, `metrics.jsonl`, the experiment trackers of
+`logging.report_to` (TensorBoard, wandb, trackio, mlflow: Accelerate's tracker classes),
+and at the end a `summary.json` plus `curves.png` of the logged curves. Only the main
+process writes.
+
+The trackers are built here rather than through `Accelerator(log_with=...)`: this is
+already the one object that writes on the main process only and knows the step a run
+resumes from (TensorBoard's purge step, the wandb / mlflow run to continue), which the
+Accelerator, built before the checkpoint is found, does not.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from alignment import atomic
@@ -13,15 +24,20 @@ from alignment import atomic
 BAR_KEYS = ("loss", "rewards/margin", "rewards/accuracy", "reward", "accuracy",
             "completion_length", "step_seconds", "eval/loss", "eval/accuracy",
             "eval/rewards/accuracy")
+RUN_IDS = "tracking.json"   # in output_dir: the tracker runs a resumed run continues
 
 
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, *, enabled: bool, total_steps: int,
-                 start_step: int = 0, tensorboard: bool = True, progress_bar: bool = True):
+                 start_step: int = 0, report_to: Sequence[str] = ("tensorboard",),
+                 run_name: str | None = None, project: str = "alignment",
+                 config: dict | None = None, progress_bar: bool = True):
+        """report_to: tracker names (see `logging.report_to`); config: the resolved recipe
+        (`recipe_to_dict`), logged as each tracker run's config."""
         self.dir = Path(output_dir)
         self.enabled = enabled
         self.history: list[dict] = []
-        self.writer = None
+        self.trackers: list = []
         self.bar = None
         if not enabled:
             return
@@ -37,10 +53,11 @@ class MetricsLogger:
                 r["step"] == start_step and not all(k.startswith("eval/") for k in r
                                                     if k != "step"))]
             atomic.write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.history))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.dir / "logs"), purge_step=start_step + 1)
+        names = [n for n in report_to if n != "none"]
+        if names:
+            self.trackers = start_trackers(names, self.dir, start_step=start_step,
+                                           run_name=run_name or self.dir.resolve().name,
+                                           project=project, config=config or {})
         if progress_bar and sys.stderr.isatty():  # otherwise one plain line per log
             from tqdm import tqdm
 
@@ -54,9 +71,8 @@ class MetricsLogger:
         self.history.append(row)
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
         if self.bar is not None:
             shown = {_short(k): f"{row[k]:.4g}" for k in BAR_KEYS if k in row}
             self.bar.set_postfix(shown, refresh=False)
@@ -73,11 +89,84 @@ class MetricsLogger:
             return
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
         if summary is not None:
             atomic.write_json(self.dir / "summary.json", summary)
             plot_curves(self.history, self.dir / "curves.png")
+
+
+def start_trackers(names: Sequence[str], out: Path, *, start_step: int, run_name: str,
+                   project: str, config: dict) -> list:
+    """Start Accelerate's trackers for `names` and log `config` (the resolved recipe) as each
+    run's config. A fresh run (start_step 0) starts new tracker runs; a resumed one
+    continues those whose ids `out/tracking.json` holds (TensorBoard: same folder, events
+    after the checkpoint purged)."""
+    from accelerate import PartialState, tracking
+
+    PartialState()   # (the trackers log through Accelerate's logger, which needs its state)
+    resumed = start_step > 0
+    ids_file = out / RUN_IDS
+    if not resumed:
+        ids_file.unlink(missing_ok=True)   # a new run: never continue an older run's ids
+    ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
+    flat = _flatten(config)   # TensorBoard hparams and mlflow params take flat scalars
+    trackers = []
+    for name in names:
+        if name == "tensorboard":
+            tracker = tracking.TensorBoardTracker(run_name, out / "logs",
+                                                  purge_step=start_step + 1)
+            tracker.start()
+            tracker.store_init_configuration(flat)
+            tracker.writer.add_text("recipe", _as_markdown_code(config), start_step)
+        elif name == "wandb":
+            ids.setdefault("wandb", uuid.uuid4().hex[:8])
+            # (Accelerate hands its first argument to wandb.init as the project)
+            tracker = tracking.WandBTracker(project, name=run_name, id=ids["wandb"],
+                                            resume="allow",
+                                            dir=os.environ.get("WANDB_DIR") or str(out))
+            tracker.start()
+            tracker.store_init_configuration(config)   # wandb keeps the nesting
+        elif name == "trackio":
+            # (its store_init_configuration calls dict.update with a wandb-only keyword:
+            # the config goes in at init instead; a resumed run continues by name)
+            tracker = tracking.TrackioTracker(project, name=run_name, config=config,
+                                              resume="allow" if resumed else "never")
+            tracker.start()
+        elif name == "mlflow":
+            tracker = tracking.MLflowTracker(project, run_id=ids.get("mlflow"),
+                                             run_name=run_name)
+            tracker.start()
+            if "mlflow" not in ids:   # params are write-once: log them when the run starts
+                tracker.store_init_configuration(flat)
+                ids["mlflow"] = tracker.active_run.info.run_id
+        else:
+            raise ValueError(f"unknown tracker {name!r}")   # the recipe check said so first
+        trackers.append(tracker)
+    if ids:
+        atomic.write_json(ids_file, ids)
+    return trackers
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """{'trainer': {'lr': 1e-5}} -> {'trainer.lr': 1e-5}; values other than a bool, number
+    or string (lists, null) as JSON text."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            plain = isinstance(value, (bool, int, float, str))
+            flat[f"{prefix}{key}"] = value if plain else json.dumps(value)
+    return flat
+
+
+def _as_markdown_code(config: dict) -> str:
+    """The recipe as YAML in a Markdown code block (TensorBoard renders text as Markdown)."""
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _read_rows(path: Path) -> list[dict]:
