@@ -157,6 +157,10 @@ def _train(args) -> int:
     from alignment.trainers import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if not launch.inside_launched_process() or os.environ.get("RANK", "0") == "0":
+        from alignment.preflight import preflight
+
+        preflight(recipe)   # seconds: output folder, disk space, data and its columns
     if not launch.inside_launched_process():
         plan = launch.plan(recipe)
         if plan.needs_launcher:   # start the processes; each runs this command again

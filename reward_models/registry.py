@@ -92,6 +92,29 @@ def build_composite(specs: Sequence[Mapping[str, Any]], on_violation: str = "zer
     return CompositeScorer(parts, on_violation=on_violation, penalty=penalty)
 
 
+def data_columns(specs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The data columns the reward parts read, column -> the part's name: every constructor
+    parameter named `column` or `*_column` (e.g. exact_answer's `answer_column`), with the
+    spec's value or the default. Nothing is built; unknown names are skipped (their problem
+    is `check_specs`'s)."""
+    needed: dict[str, str] = {}
+    for spec in specs:
+        name = spec.get("name") if isinstance(spec, Mapping) else None
+        if not isinstance(name, str) or (name not in BUILTIN and ":" not in name):
+            continue
+        try:
+            target = _import(BUILTIN.get(name, name))
+            params = inspect.signature(target).parameters if inspect.isclass(target) else {}
+        except (ValueError, TypeError, ImportError):
+            continue
+        for param in params.values():
+            if param.name == "column" or param.name.endswith("_column"):
+                column = spec.get(param.name, param.default)
+                if isinstance(column, str) and column:
+                    needed.setdefault(column, name)
+    return needed
+
+
 def check_specs(specs: Any, where: str = "rewards") -> list[str]:
     """Every problem in a list of reward specs, without loading any model: unknown scorer
     names and options get a did-you-mean; option types, the scorer's own `check_options`

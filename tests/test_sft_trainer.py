@@ -97,5 +97,6 @@ def test_micro_batches_make_the_same_token_mean_step(tmp_path, tiny_model_dir, c
 def test_sft_needs_completions(tmp_path, tiny_model_dir, repo_root):
     prompts = str(repo_root / "data/arithmetic/add2/test.jsonl")
     with pytest.raises(DataError, match=re.escape(f"{prompts}: SFT data needs a 'messages' "
-                                                  "column or 'prompt' and 'completion' columns")):
+                                                  "column, 'prompt' and 'completion' columns, "
+                                                  "or a 'text' column")):
         SFTTrainer(sft_recipe(tmp_path, tiny_model_dir, prompts))

@@ -111,7 +111,8 @@ def test_mixing_the_previous_iteration(tmp_path, tiny_model_dir, sft_file, eval_
 
 def test_spin_needs_completions(tmp_path, tiny_model_dir, eval_file):
     with pytest.raises(DataError, match=re.escape(f"{eval_file}: SFT data needs a 'messages' "
-                                                  "column or 'prompt' and 'completion' columns")):
+                                                  "column, 'prompt' and 'completion' columns, "
+                                                  "or a 'text' column")):
         SPINTrainer(spin_recipe(tmp_path, tiny_model_dir, eval_file, eval_file))
 
 

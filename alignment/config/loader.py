@@ -365,6 +365,14 @@ def _check_paths(obj: Any, prefix: str, base_dir: Path, problems: list[str]) -> 
             if f.name in ALGORITHMS and f.name != getattr(obj, "algorithm", f.name):
                 continue
             _check_paths(value, key + ".", base_dir, problems)
+        elif f.metadata.get("source") and value is not None:
+            from alignment.data.sources import source_problem
+
+            resolved, problem = source_problem(value, base_dir)
+            if problem:
+                problems.append(f"{key}: {problem}")
+            else:
+                setattr(obj, f.name, resolved)
         elif f.metadata.get("path") and value is not None:
             found = _find_path(value, base_dir)
             if found is None:

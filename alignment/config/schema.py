@@ -43,11 +43,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training and evaluation data (jsonl, json, parquet, csv or a `datasets` folder)."""
+    """Training and evaluation data: local files, folders, globs or hub datasets."""
 
-    train: str = param("data/arithmetic/preference/train.jsonl", "training file", path=True)
-    eval: str | None = param("data/arithmetic/preference/test.jsonl",
-                             "held-out file for eval loss; null for none", path=True)
+    train: str | dict = param(
+        "data/arithmetic/preference/train.jsonl", "training data: a file (jsonl, json, parquet, "
+        "csv), a glob, a folder (save_to_disk, or a dataset repository cloned from the hub), a "
+        "hub id (org/name, org/name:SPLIT, org/name:CONFIG:SPLIT), or a mapping {path, name, "
+        "split, data_files, data_dir, revision} as datasets.load_dataset takes them; "
+        "default split: train", source=True)
+    eval: str | dict | None = param(
+        "data/arithmetic/preference/test.jsonl", "held-out data for eval loss (as data.train; "
+        "default split: test, then validation); null for none", source=True)
     train_limit: int | None = param(None, "use only the first N training rows", gt=0)
     eval_limit: int | None = param(200, "use only the first N eval rows", gt=0)
     max_length: int = param(256, "max tokens of prompt + completion", gt=1)
@@ -352,7 +358,8 @@ class RolloutConfig:
 class EvalConfig:
     """Generation eval (greedy exact-answer accuracy) run by `alignment eval` / the demo."""
 
-    data: str = param("data/arithmetic/rl/test.jsonl", "prompt/answer file", path=True)
+    data: str | dict = param("data/arithmetic/rl/test.jsonl", "prompt/answer data (a file, "
+                             "folder, glob, hub id or mapping, as data.train)", source=True)
     limit: int | None = param(200, "evaluate only the first N rows", gt=0)
     max_new_tokens: int = param(64, "generation budget per answer", gt=0)
     batch_size: int = param(32, "prompts per generate call", gt=0)

@@ -12,12 +12,17 @@ from alignment.data.tokenize import (
 )
 
 
-def load_examples(path: str, kind: str, limit: int | None = None) -> list[Example]:
-    """Read and validate `path` as `kind` ('preference', 'prompt' or 'sft') data."""
-    rows = read_rows(path)
-    if limit is not None:
-        rows = rows[:limit]
-    return parse_examples(rows, kind, str(path))
+def load_examples(source, kind: str, limit: int | None = None, *, role: str = "eval",
+                  answer_column: str | None = "answer") -> list[Example]:
+    """Read and validate a data source (file, folder, glob, hub id: `sources`) as `kind`
+    ('preference', 'prompt' or 'sft') rows, as Python objects: for the small sets that
+    evaluation and best-of-N read. Training data goes through `prepare.tokenize_source`."""
+    from alignment.data.sources import decode_row, open_source
+
+    opened = open_source(source, role=role, limit=limit)
+    rows = [Row(decode_row(values, opened.json_columns), opened.locate(i))
+            for i, values in enumerate(opened.dataset)]
+    return parse_examples(rows, kind, opened.label, answer_column)
 
 
 __all__ = ["DataError", "Example", "Row", "SkipReport", "TokenizedExample", "load_examples",

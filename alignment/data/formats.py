@@ -1,15 +1,21 @@
 """Column conventions and row validation, for plain-text and conversational data.
 
-| kind        | columns                                        | used by                  |
-|-------------|------------------------------------------------|--------------------------|
-| preference  | prompt, chosen, rejected                       | DPO, IPO, reward models  |
-| prompt      | prompt, answer (any extra columns are kept)    | GRPO/PPO/..., eval       |
-| sft         | messages, or prompt + completion               | SFT, SPIN                |
+| kind        | columns (TRL's dataset types)                   | used by                  |
+|-------------|-------------------------------------------------|--------------------------|
+| preference  | prompt, chosen, rejected (explicit prompt);     | DPO, IPO, CoPG, reward   |
+|             | chosen, rejected (implicit prompt); prompt,     | model                    |
+|             | completion, label (unpaired: paired per prompt) |                          |
+| prompt      | prompt (+ answer, tests, ... for the verifiers) | GRPO/PPO/..., eval       |
+| sft         | messages, prompt + completion, or text          | SFT, SPIN                |
 
 A text field is either a non-empty string or a conversation: a list of
-`{"role": "system"|"user"|"assistant", "content": str}`. Conversational preference rows
-may also omit `prompt` when `chosen` and `rejected` are whole conversations sharing their
-first turns (TRL's "implicit prompt"): the shared turns become the prompt.
+`{"role": "system"|"user"|"assistant"|"tool", "content": str}`; an assistant turn may carry
+`tool_calls` (then its content may be empty) and a tool turn `name` / `tool_call_id`, all
+handed to the chat template as they are, with a row's `tools` column (function schemas, a
+list or a JSON string). Conversational preference rows may also omit `prompt` when `chosen`
+and `rejected` are whole conversations sharing their first turns (TRL's "implicit prompt"):
+the shared turns become the prompt. A `text` row (language modelling) is trained on every
+token after its first.
 
 Every problem is reported as `<file> line <n>: column '<name>' ...`.
 """
@@ -22,7 +28,8 @@ from typing import Any
 from alignment.data.io import DataError, Row
 
 ROLES = ("system", "user", "assistant", "tool")
-Messages = list[dict[str, str]]
+TOOL_KEYS = ("tool_calls", "name", "tool_call_id")   # passed through to the chat template
+Messages = list[dict[str, Any]]
 
 
 @dataclass
@@ -34,6 +41,8 @@ class Example:
     extra: dict[str, Any] = field(default_factory=dict)   # answer, task, ...
     where: str = ""
     plain: bool = False   # the prompt was a plain string (no chat structure in the file)
+    text: str | None = None      # a language-modelling row (`text` column): no prompt
+    tools: list | None = None    # function schemas for the chat template (`tools` column)
 
 
 def scorer_prompt(ex: Example) -> str | Messages:
@@ -43,15 +52,6 @@ def scorer_prompt(ex: Example) -> str | Messages:
     if ex.plain or (len(ex.prompt) == 1 and ex.prompt[0]["role"] == "user"):
         return ex.prompt[0]["content"]
     return [dict(m) for m in ex.prompt]
-
-
-def check_columns(rows: list[Row], required: tuple[str, ...], source: str) -> None:
-    present = set().union(*(r.values.keys() for r in rows[:1000]))
-    missing = [c for c in required if c not in present]
-    if missing:
-        raise DataError(f"{source}: missing column{'s' if len(missing) > 1 else ''} "
-                        f"{', '.join(repr(c) for c in missing)} (found: "
-                        f"{', '.join(sorted(present)) or 'none'})")
 
 
 def as_messages(value: Any, row: Row, column: str, *, default_role: str) -> tuple[Messages, bool]:
@@ -65,27 +65,58 @@ def as_messages(value: Any, row: Row, column: str, *, default_role: str) -> tupl
     if isinstance(value, list):
         if not value:
             raise DataError(f"{row.where}: column '{column}' is an empty conversation")
-        for i, msg in enumerate(value):
-            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-                raise DataError(f"{row.where}: column '{column}' message {i} must be an "
-                                "object with 'role' and 'content'")
-            if msg["role"] not in ROLES:
-                raise DataError(f"{row.where}: column '{column}' message {i} has role "
-                                f"{msg['role']!r} (allowed: {', '.join(ROLES)})")
-            if not isinstance(msg["content"], str):
-                raise DataError(f"{row.where}: column '{column}' message {i} content must "
-                                f"be a string, got {type(msg['content']).__name__}")
-        if not value[-1]["content"].strip():
+        out = [_message(msg, i, row, column) for i, msg in enumerate(value)]
+        last = out[-1]
+        if not last["content"].strip() and not last.get("tool_calls"):
             raise DataError(f"{row.where}: column '{column}' is empty (its last "
-                            f"{value[-1]['role']} turn has no text)")
-        return [{"role": m["role"], "content": m["content"]} for m in value], False
+                            f"{last['role']} turn has no text)")
+        return out, False
     raise DataError(f"{row.where}: column '{column}' must be a string or a list of "
                     f"messages, got {type(value).__name__}")
 
 
+def _message(msg: Any, i: int, row: Row, column: str) -> dict[str, Any]:
+    """One validated turn: role, content (a string; empty beside tool calls), and the tool
+    keys it carries (absent keys, and the nulls Arrow gives them, are left out)."""
+    if not isinstance(msg, dict) or "role" not in msg or (
+            "content" not in msg and not msg.get("tool_calls")):
+        raise DataError(f"{row.where}: column '{column}' message {i} must be an object with "
+                        "'role' and 'content'")
+    if msg["role"] not in ROLES:
+        raise DataError(f"{row.where}: column '{column}' message {i} has role "
+                        f"{msg['role']!r} (allowed: {', '.join(ROLES)})")
+    content = msg.get("content")
+    if content is None and msg.get("tool_calls"):
+        content = ""
+    if not isinstance(content, str):
+        raise DataError(f"{row.where}: column '{column}' message {i} content must be a "
+                        f"string, got {type(content).__name__}")
+    out = {"role": msg["role"], "content": content}
+    out.update((k, msg[k]) for k in TOOL_KEYS if msg.get(k) is not None)
+    return out
+
+
+def _tools(row: Row) -> list | None:
+    value = row.values.get("tools")
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(f"{row.where}: column 'tools' is text but not JSON (a list of "
+                            "function schemas)") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DataError(f"{row.where}: column 'tools' must be a list of function schemas "
+                        f"(objects), got {type(value).__name__}")
+    return value
+
+
 def preference_example(row: Row) -> Example:
     v = row.values
-    if "prompt" not in v and isinstance(v.get("chosen"), list):
+    if v.get("prompt") is None and isinstance(v.get("chosen"), list):
         return _implicit_prompt_example(row)
     prompt, plain = as_messages(v.get("prompt"), row, "prompt", default_role="user")
     chosen, _ = as_messages(v.get("chosen"), row, "chosen", default_role="assistant")
@@ -93,7 +124,8 @@ def preference_example(row: Row) -> Example:
     _check_ends_with_assistant(chosen, row, "chosen")
     _check_ends_with_assistant(rejected, row, "rejected")
     extra = {k: val for k, val in v.items() if k not in ("prompt", "chosen", "rejected")}
-    return Example(prompt, {"chosen": chosen, "rejected": rejected}, extra, row.where, plain)
+    return Example(prompt, {"chosen": chosen, "rejected": rejected}, extra, row.where, plain,
+                   tools=_tools(row))
 
 
 def _implicit_prompt_example(row: Row) -> Example:
@@ -110,7 +142,7 @@ def _implicit_prompt_example(row: Row) -> Example:
     _check_ends_with_assistant(rejected, row, "rejected")
     extra = {k: val for k, val in row.values.items() if k not in ("chosen", "rejected")}
     return Example(chosen[:n], {"chosen": chosen[n:], "rejected": rejected[n:]}, extra,
-                   row.where)
+                   row.where, tools=_tools(row))
 
 
 def prompt_example(row: Row, answer_column: str | None = "answer") -> Example:
@@ -124,7 +156,7 @@ def prompt_example(row: Row, answer_column: str | None = "answer") -> Example:
             raise DataError(f"{row.where}: column '{answer_column}' must be a number or a "
                             f"string, got {type(answer).__name__}")
     extra = {k: val for k, val in v.items() if k != "prompt"}
-    return Example(prompt, {}, extra, row.where, plain)
+    return Example(prompt, {}, extra, row.where, plain, tools=_tools(row))
 
 
 def sft_example(row: Row) -> Example:
@@ -136,13 +168,22 @@ def sft_example(row: Row) -> Example:
                             "ends with an assistant turn")
         cut = len(messages) - 1
         extra = {k: val for k, val in v.items() if k != "messages"}
-        return Example(messages[:cut], {"completion": messages[cut:]}, extra, row.where)
+        return Example(messages[:cut], {"completion": messages[cut:]}, extra, row.where,
+                       tools=_tools(row))
+    if "text" in v and "prompt" not in v:   # language modelling: plain text, no prompt
+        value = v["text"]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{row.where}: column 'text' must be non-empty text, got "
+                            f"{value!r:.40}")
+        extra = {k: val for k, val in v.items() if k != "text"}
+        return Example([], {}, extra, row.where, plain=True, text=value)
     prompt, plain = as_messages(v.get("prompt"), row, "prompt", default_role="user")
     completion, _ = as_messages(v.get("completion"), row, "completion",
                                 default_role="assistant")
     _check_ends_with_assistant(completion, row, "completion")
     extra = {k: val for k, val in v.items() if k not in ("prompt", "completion")}
-    return Example(prompt, {"completion": completion}, extra, row.where, plain)
+    return Example(prompt, {"completion": completion}, extra, row.where, plain,
+                   tools=_tools(row))
 
 
 def _check_ends_with_assistant(messages: Messages, row: Row, column: str) -> None:
@@ -158,16 +199,66 @@ KINDS = {
 }
 
 
-def parse_examples(rows: list[Row], kind: str, source: str) -> list[Example]:
+def check_kind_columns(present: set[str], kind: str, source: str,
+                       answer_column: str | None = "answer") -> None:
+    """The columns a kind needs, from the column names alone (no row is read)."""
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r} (one of {', '.join(KINDS)})")
-    required, parse = KINDS[kind]
-    check_columns(rows, required, source)
+    found = f"(found: {', '.join(sorted(present)) or 'none'})"
+    if kind == "preference" and not {"chosen", "rejected"} & present and \
+            {"completion", "label"} <= present:
+        return   # unpaired preference rows: paired per prompt (`pair_unpaired`)
+    required = KINDS[kind][0] + ((answer_column,) if kind == "prompt" and answer_column
+                                 else ())
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise DataError(f"{source}: missing column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(c) for c in missing)} {found}")
+    if kind == "sft" and "messages" not in present and "text" not in present and \
+            not {"prompt", "completion"} <= present:
+        raise DataError(f"{source}: SFT data needs a 'messages' column, 'prompt' and "
+                        f"'completion' columns, or a 'text' column {found}")
+
+
+def is_unpaired(present: set[str]) -> bool:
+    return not {"chosen", "rejected"} & present and {"prompt", "completion", "label"} <= present
+
+
+def pair_unpaired(rows: list[Row], source: str) -> tuple[list[Row], int]:
+    """TRL's unpaired preference rows (prompt, completion, label true/false) as pairs: per
+    prompt, the k-th desirable completion with the k-th undesirable one. Returns the pairs
+    (each row names both source rows) and how many rows found no partner."""
+    import json
+
+    good: dict[str, list[Row]] = {}
+    bad: dict[str, list[Row]] = {}
+    for row in rows:
+        label = row.values.get("label")
+        if not isinstance(label, bool) and label not in (0, 1):
+            raise DataError(f"{row.where}: column 'label' must be true or false (desirable "
+                            f"or not), got {label!r}")
+        key = json.dumps(row.values.get("prompt"), sort_keys=True)
+        (good if label else bad).setdefault(key, []).append(row)
+    pairs, unmatched = [], 0
+    for key in dict.fromkeys([*good, *bad]):
+        ups, downs = good.get(key, []), bad.get(key, [])
+        unmatched += abs(len(ups) - len(downs))
+        for up, down in zip(ups, downs, strict=False):
+            values = {k: v for k, v in up.values.items() if k not in ("completion", "label")}
+            values.update(chosen=up.values["completion"], rejected=down.values["completion"])
+            pairs.append(Row(values, f"{up.where} (paired with {down.where})"))
+    if not pairs:
+        raise DataError(f"{source}: unpaired preference rows (prompt, completion, label) but "
+                        "no prompt has both a desirable and an undesirable completion")
+    return pairs, unmatched
+
+
+def parse_examples(rows: list[Row], kind: str, source: str,
+                   answer_column: str | None = "answer") -> list[Example]:
+    present = set().union(*(r.values.keys() for r in rows[:1000]))
+    check_kind_columns(present, kind, source, answer_column)
+    if kind == "preference" and is_unpaired(present):
+        rows, _ = pair_unpaired(rows, source)
     if kind == "prompt":
-        check_columns(rows, ("answer",), source)
-    if kind == "sft":
-        present = set().union(*(r.values.keys() for r in rows[:1000]))
-        if "messages" not in present and not {"prompt", "completion"} <= present:
-            raise DataError(f"{source}: SFT data needs a 'messages' column or 'prompt' and "
-                            f"'completion' columns (found: {', '.join(sorted(present))})")
-    return [parse(r) for r in rows]
+        return [prompt_example(r, answer_column) for r in rows]
+    return [KINDS[kind][1](r) for r in rows]

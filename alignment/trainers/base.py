@@ -117,6 +117,28 @@ class Trainer(abc.ABC):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """(0-dim loss averaged over the micro-batch, metrics)."""
 
+    def read_data(self, source, kind: str, limit: int | None, split: str, *,
+                  answer_column: str | None = "answer"):
+        """`source` validated and tokenised as `kind` rows under the recipe's data settings
+        (`alignment.data.prepare`: cached, kept in Arrow); skips reported, none left is an
+        error. The main process tokenises first, the others then read its cache."""
+        from alignment.data import DataError
+        from alignment.data.prepare import TokenizeSettings, tokenize_source
+
+        d = self.recipe.data
+        settings = TokenizeSettings(d.max_length, d.max_prompt_length, d.too_long,
+                                    d.chat_template, d.system_prompt)
+        with self.accelerator.main_process_first():
+            rows = tokenize_source(self.tokenizer, source, kind, settings, limit=limit,
+                                   role=split, answer_column=answer_column)
+        if rows.report.summary():
+            self._say(f"{rows.label}: {rows.report.summary()}")
+        if not len(rows):
+            what = {"preference": "preference pairs", "sft": "SFT rows"}.get(kind, "prompts")
+            raise DataError(f"{rows.label}: no usable {what} left "
+                            f"({rows.report.summary() or 'empty'})")
+        return rows
+
     def before_training(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Work done once before the first step (e.g. reference log-probs)."""
 
@@ -504,8 +526,10 @@ class Trainer(abc.ABC):
         return steps
 
     def _lengths(self) -> list[int]:
-        if not hasattr(self, "_length_cache"):
-            self._length_cache = [self.example_length(e) for e in self.train_set]
+        if not hasattr(self, "_length_cache"):   # a set kept in Arrow has them as a column
+            lengths = getattr(self.train_set, "lengths", None)
+            self._length_cache = (list(lengths) if lengths is not None else
+                                  [self.example_length(e) for e in self.train_set])
         return self._length_cache
 
     def _plan(self, epoch: int) -> list[list[int]]:

@@ -42,7 +42,7 @@ class CoPGTrainer(CoPGLoss, PreferenceTrainer):
         return self.recipe.copg.reference
 
     def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
-        pairs = super().load_examples(path, limit, split)
+        pairs = list(super().load_examples(path, limit, split))   # rewards are set on each
         if self.recipe.copg.rewards_from == "columns":
             self._rewards_from_columns(path, pairs)
         else:

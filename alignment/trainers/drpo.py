@@ -25,6 +25,7 @@ class DRPOTrainer(PPOTrainer):
         if split != "train":
             return examples
         column = self.algo.reset_column
+        examples = list(examples)   # each keeps its tokenised reset
         for ex in examples:
             value = ex.row.get(column)
             if value is None or not str(value).strip():

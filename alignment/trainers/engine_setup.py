@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from alignment.data import DataError, load_examples, render_prompt, scorer_prompt
+from alignment.data import DataError
+from alignment.data.prepare import MappedRows
 from alignment.rollout import SamplingParams, make_engine, vllm_available
 from alignment.rollout.kv_cache import KVCacheSize, model_kv_cache
 from alignment.trainers.online_parts import PromptExample
@@ -21,31 +22,22 @@ class EngineSetup:
     `self.sampling` and `self.pad_id` from the recipe's `rollout:` section) and greedy
     accuracy through the engine."""
 
-    def load_prompts(self, path: str, limit: int | None) -> list[PromptExample]:
-        """Prompt rows (prompt + answer + any columns for the scorers), rendered and
-        tokenised; over-long prompts follow data.too_long."""
-        d = self.recipe.data
-        out, too_long = [], []
-        for ex in load_examples(path, "prompt", limit=limit):
-            text = render_prompt(self.tokenizer, ex.prompt, chat_template=d.chat_template,
-                                 system_prompt=d.system_prompt, plain=ex.plain)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > d.max_prompt_length:
-                if d.too_long == "error":
-                    raise DataError(f"{ex.where}: prompt has {len(ids)} tokens, over "
-                                    f"data.max_prompt_length={d.max_prompt_length}")
-                if d.too_long == "skip":
-                    too_long.append(ex.where)
-                    continue
-                ids = ids[-d.max_prompt_length:]
-            out.append(PromptExample(ids, text, dict(ex.extra), ex.where, len(out),
-                                     raw=scorer_prompt(ex)))
-        if too_long:
-            self._say(f"{path}: skipped {len(too_long)} prompt(s) over data.max_prompt_length"
-                      f"={d.max_prompt_length} (first: {too_long[0]})")
-        if not out:
-            raise DataError(f"{path}: no usable prompts")
-        return out
+    def load_prompts(self, path, limit: int | None, split: str = "train") -> MappedRows:
+        """Prompt rows (prompt + any columns the scorers read), rendered, tokenised and kept
+        in Arrow; over-long prompts follow data.too_long. Evaluation rows need an answer
+        (greedy accuracy); training rows need the columns the recipe's `rewards:` read."""
+        rows = self.read_data(path, "prompt", limit, split,
+                              answer_column="answer" if split == "eval" else None)
+        if split == "train" and hasattr(self.recipe, "rewards"):
+            from reward_models.registry import data_columns
+
+            for column, part in data_columns(self.recipe.rewards).items():
+                if column not in rows.columns:
+                    raise DataError(f"{rows.label}: missing column '{column}', which the "
+                                    f"reward '{part}' reads (found: "
+                                    f"{', '.join(sorted(rows.columns))})")
+        return MappedRows(rows, lambda i, t: PromptExample(
+            t.prompt_ids, t.prompt_text, dict(t.extra), t.where, i, raw=t.raw_prompt))
 
     def start_engine(self) -> None:
         r = self.recipe.rollout

@@ -59,7 +59,7 @@ class OnlineTrainer(EngineSetup, Trainer):
 
     # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list[PromptExample]:
-        return self.load_prompts(path, limit)
+        return self.load_prompts(path, limit, split)
 
     def example_length(self, example: PromptExample) -> int:
         return len(example.prompt_ids)

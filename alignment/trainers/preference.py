@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from alignment.data import DataError, load_examples, tokenize_examples
+from alignment.data.prepare import MappedRows
 from alignment.models import load_causal_lm, resolve_model
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer
@@ -46,21 +46,12 @@ class Pair:
 class PairData:
     """Preference pairs as training examples (shared with the reward-model trainer)."""
 
-    def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
-        d = self.recipe.data
-        examples = load_examples(path, "preference", limit)
-        tokenized, report = tokenize_examples(
-            self.tokenizer, examples, max_length=d.max_length,
-            max_prompt_length=d.max_prompt_length, too_long=d.too_long,
-            chat_template=d.chat_template, system_prompt=d.system_prompt)
-        if report.summary():
-            self._say(f"{path}: {report.summary()}")
-        if not tokenized:
-            raise DataError(f"{path}: no usable preference pairs left "
-                            f"({report.summary() or 'empty'})")
-        return [Pair(i, t.prompt_ids, t.completion_ids["chosen"], t.completion_ids["rejected"],
-                     t.where, dict(t.extra), raw_prompt=t.raw_prompt)
-                for i, t in enumerate(tokenized)]
+    def load_examples(self, path, limit: int | None, split: str) -> MappedRows:
+        """The pairs of `path`, kept in Arrow; each a `Pair` when a batch asks for it."""
+        rows = self.read_data(path, "preference", limit, split)
+        return MappedRows(rows, lambda i, t: Pair(
+            i, t.prompt_ids, t.completion_ids["chosen"], t.completion_ids["rejected"], t.where,
+            dict(t.extra), raw_prompt=t.raw_prompt))
 
     def example_length(self, pair: Pair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
@@ -187,6 +178,9 @@ class PreferenceTrainer(PairData, Trainer):
         digest = hashlib.sha256()
         for pairs in (self.train_set, self.eval_set):
             digest.update(f"{len(pairs)} pairs".encode())
+            if getattr(pairs, "fingerprint", None):   # kept in Arrow: its tokens' fingerprint
+                digest.update(pairs.fingerprint.encode())
+                continue
             for p in pairs:
                 for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
                     digest.update(len(ids).to_bytes(8, "little"))

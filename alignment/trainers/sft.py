@@ -15,29 +15,22 @@ accuracy before and after.
 
 from __future__ import annotations
 
-from alignment.data import DataError, load_examples, tokenize_examples
+from alignment.data import DataError
+from alignment.data.prepare import MappedRows
 from alignment.losses import sft_loss
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair
 from alignment.trainers.sequences import collate_sequences, completion_token_logps
 
 
-def read_demonstrations(trainer, path: str, limit: int | None,
-                        budget: int | None = None) -> list[Pair]:
+def read_demonstrations(trainer, path, limit: int | None, split: str = "train",
+                        budget: int | None = None) -> MappedRows:
     """SFT rows as `Pair`s whose chosen side is the demonstration (cut after its first EOS
-    and to `budget` tokens), rejected empty; shared with SPIN."""
-    d = trainer.recipe.data
-    rows = load_examples(path, "sft", limit)
-    tokenized, report = tokenize_examples(
-        trainer.tokenizer, rows, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        too_long=d.too_long, chat_template=d.chat_template, system_prompt=d.system_prompt)
-    if report.summary():
-        trainer._say(f"{path}: {report.summary()}")
-    if not tokenized:
-        raise DataError(f"{path}: no usable SFT rows left ({report.summary() or 'empty'})")
+    and to `budget` tokens), rejected empty; kept in Arrow; shared with SPIN."""
+    rows = trainer.read_data(path, "sft", limit, split)
     eos = trainer.tokenizer.eos_token_id
-    demos = []
-    for i, t in enumerate(tokenized):
+
+    def demonstration(i: int, t) -> Pair:
         real = t.completion_ids["completion"]
         if eos in real:   # end where generation ends: at EOS, nothing after it
             real = real[:real.index(eos) + 1]
@@ -45,13 +38,13 @@ def read_demonstrations(trainer, path: str, limit: int | None,
             real = real[:budget]
         if not real:
             raise DataError(f"{t.where}: the completion is empty after tokenisation")
-        demos.append(Pair(i, t.prompt_ids, real, [], t.where, dict(t.extra)))
-    return demos
+        return Pair(i, t.prompt_ids, real, [], t.where, dict(t.extra))
+    return MappedRows(rows, demonstration)
 
 
 class SFTTrainer(Trainer):
-    def load_examples(self, path: str, limit: int | None, split: str) -> list[Pair]:
-        return read_demonstrations(self, path, limit)
+    def load_examples(self, path, limit: int | None, split: str) -> MappedRows:
+        return read_demonstrations(self, path, limit, split)
 
     def example_length(self, demo: Pair) -> int:
         return len(demo.prompt_ids) + len(demo.chosen_ids)

@@ -56,8 +56,9 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
     # ------------------------------------------------------------------ data
     def load_examples(self, path: str, limit: int | None, split: str) -> list:
         if split == "eval":   # held-out prompt/answer rows: greedy accuracy per iteration
-            return self.load_prompts(path, limit)
-        return read_demonstrations(self, path, limit, budget=self.recipe.rollout.max_new_tokens)
+            return self.load_prompts(path, limit, split)
+        return read_demonstrations(self, path, limit, split,
+                                   budget=self.recipe.rollout.max_new_tokens)
 
     # ------------------------------------------------------------------ the schedule
     def iteration_sizes(self) -> list[int]:
