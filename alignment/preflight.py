@@ -109,8 +109,9 @@ def check_disk(recipe: Recipe) -> None:
     free = shutil.disk_usage(path).free
     if free < need:
         raise ConfigError([f"output_dir: one checkpoint needs about {_gb(need)} "
-                           f"({params / 1e6:.0f}M parameters x {CHECKPOINT_BYTES_PER_PARAM} bytes: weights, fp32 "
-                           f"master copy, AdamW moments) but {path} has {_gb(free)} free"])
+                           f"({params / 1e6:.0f}M parameters x {CHECKPOINT_BYTES_PER_PARAM} "
+                           "bytes: weights, fp32 master copy, AdamW moments) but "
+                           f"{path} has {_gb(free)} free"])
 
 
 def parameter_count(name: str) -> int | None:

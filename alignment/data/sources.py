@@ -97,12 +97,13 @@ def _shorthand(text: str) -> DataSource:
     """`org/name:SPLIT` and `org/name:CONFIG:SPLIT`; anything that exists locally is a path."""
     if Path(text).expanduser().exists() or ":" not in text:
         return DataSource(text)
-    head, *parts = text.split(":")
-    if not HUB_ID.match(head) or len(parts) > 2:
+    head, rest = text.split(":", 1)
+    if not HUB_ID.match(head):
         return DataSource(text)
-    if len(parts) == 1:
-        return DataSource(head, split=parts[0] or None)
-    return DataSource(head, name=parts[0] or None, split=parts[1] or None)
+    colon, bracket = rest.find(":"), rest.find("[")   # a split may hold a slice: train[:10]
+    if colon != -1 and (bracket == -1 or colon < bracket):
+        return DataSource(head, name=rest[:colon] or None, split=rest[colon + 1:] or None)
+    return DataSource(head, split=rest or None)
 
 
 def resolve_local(source: DataSource, base_dir: str | os.PathLike = ".") -> DataSource | None:
