@@ -661,7 +661,8 @@ train("spin-data-without-completions",
           "trainer: {batch_size: 2, save_every: null}\nspin: {iterations: 1}\n"
           "rollout: {backend: hf, max_new_tokens: 4}"),
       "@TMP@/pairs.jsonl: SFT data needs a 'messages' column, 'prompt' and 'completion' "
-      "columns, or a 'text' column (found: answer, prompt)", files={"pairs.jsonl": jsonl(GOOD_ROW, GOOD_ROW)})
+      "columns, or a 'text' column (found: answer, prompt)",
+      files={"pairs.jsonl": jsonl(GOOD_ROW, GOOD_ROW)})
 train("reward-model-pairs-missing-chosen",
       TRAIN_DPO.replace("algorithm: dpo", "algorithm: reward_model"),
       "@TMP@/pairs.jsonl: missing columns 'chosen', 'rejected' (found: answer, prompt)",
