@@ -330,7 +330,7 @@ data("csv-header-only", "rows.csv", "prompt,answer\n", "the file has no rows")
 data("unknown-suffix", "rows.txt", "prompt answer\n", "unknown data format '.txt'")
 data("no-suffix", "rows", "prompt answer\n", "unknown data format ''")
 CASES.append(Case("data-folder-not-a-dataset", ["eval", "--model", "@TINY@", "--data", "@TMP@/d"],
-                  ("@TMP@/d: not a folder written by datasets' save_to_disk",),
+                  ("@TMP@/d: no data files in the folder",),
                   {"d/readme.txt": "x"}))
 # -- columns and values (prompt/answer rows)
 data("missing-prompt-column", "rows.jsonl", jsonl({"question": "x", "answer": 1}),

@@ -253,6 +253,7 @@ def _jsonl_as_arrow(path: Path, stamp: str):
     if not target.is_file():
         try:
             table = paj.read_json(str(path))
+            table.validate(full=True)   # Arrow's JSON reader does not check UTF-8 itself
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
             return None
         if table.num_rows == 0:
