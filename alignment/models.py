@@ -203,6 +203,22 @@ def _check_model_folder(path: Path) -> None:
 
 
 def load_tokenizer(path: str):
+    """The tokenizer of the model folder `path`, with the EOS and pad rules every trainer
+    relies on:
+
+    - EOS: generation stops at every id in `stop_token_ids(tokenizer)`, the tokenizer's EOS
+      followed by each EOS that generation_config.json lists (config.json's where there is
+      no generation config): Llama-3-Instruct, Gemma and Phi-3 end their turns with a token
+      that only the generation config names (<|eot_id|>, <end_of_turn>, <|end|>). A
+      tokenizer without an EOS gets the generation config's first one.
+    - pad: a tokenizer without a pad token (Llama 3, Mistral, most base models) pads with
+      its EOS. Every collate in the trainers builds its attention and loss masks from
+      lengths, never from `ids != pad`, so the pad id is never read as text and a real EOS
+      is never masked out; generation is given an attention mask. The one reader of
+      `pad_token_id` is a sequence classifier's last-non-pad pooling (reward model,
+      critic): those pick a pad id no text contains (`pooling_pad_id`). Adding a new [PAD]
+      token instead would grow the vocabulary and change the checkpoint users export.
+    """
     from transformers import AutoTokenizer
 
     try:
@@ -210,22 +226,108 @@ def load_tokenizer(path: str):
     except (OSError, ValueError, TypeError) as exc:   # missing or broken tokenizer files
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelNotFoundError(f"{path}: cannot load its tokenizer ({reason})") from None
+    generation_eos = generation_eos_ids(path)
+    if tokenizer.eos_token is None and generation_eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(generation_eos[0])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    ids = [tokenizer.eos_token_id, *generation_eos]
+    tokenizer.alignment_stop_ids = list(dict.fromkeys(i for i in ids if i is not None))
+    if not tokenizer.chat_template:   # a base model: said once, at start-up
+        from alignment.data.templates import announce_plain_format
+
+        announce_plain_format(tokenizer)
     return tokenizer
+
+
+def generation_eos_ids(path: str | os.PathLike) -> list[int]:
+    """The EOS ids that generation_config.json in the folder `path` lists (an int or a
+    list), else config.json's; [] when neither names one."""
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        eos = value.get("eos_token_id") if isinstance(value, dict) else None
+        if eos is None and name == "generation_config.json":
+            continue
+        eos = eos if isinstance(eos, list) else [eos]
+        return [int(i) for i in eos if isinstance(i, int) and not isinstance(i, bool)]
+    return []
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token id generation must stop at: the tokenizer's EOS, the ids its folder's
+    generation config lists (recorded by `load_tokenizer`), and `model`'s
+    `generation_config.eos_token_id` when a model is given. The tokenizer's EOS first."""
+    ids = list(getattr(tokenizer, "alignment_stop_ids", None) or [tokenizer.eos_token_id])
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [extra]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
+
+
+def pooling_pad_id(tokenizer, vocab_size: int | None = None) -> int | None:
+    """A pad id for a sequence classifier's last-non-pad pooling (HF `*ForSequenceClassification`
+    reads the last token that is not `pad_token_id`): one that no rendered text contains, so
+    a completion ending in EOS is pooled at its EOS even where pad = EOS. The tokenizer's pad
+    when it is a real one (not a stop token); else an id past the tokenizer's vocabulary
+    when the embedding matrix has such rows (`vocab_size` > len(tokenizer)); else the unknown
+    token; else the last special token that is neither a stop token, nor the BOS, nor
+    written by the chat template (Llama 3's reserved ones); else the pad (= EOS: pooling
+    then reads the token before a final EOS)."""
+    stops = set(stop_token_ids(tokenizer))
+    pad = tokenizer.pad_token_id
+    if pad is not None and pad not in stops:
+        return pad
+    if vocab_size is not None and vocab_size > len(tokenizer):
+        return vocab_size - 1
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk not in stops:
+        return unk
+    used = stops | {tokenizer.bos_token_id} | _template_token_ids(tokenizer)
+    unused = [i for i, token in tokenizer.added_tokens_decoder.items()
+              if token.special and i not in used]
+    return max(unused) if unused else pad
+
+
+def _template_token_ids(tokenizer) -> set[int]:
+    """The ids the chat template writes around a system, a user and an assistant turn."""
+    if not tokenizer.chat_template:
+        return set()
+    from alignment.data.templates import refuses_system
+
+    turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    if not refuses_system(tokenizer):
+        turns.insert(0, {"role": "system", "content": "s"})
+    ids = set()
+    for messages, prompt in ((turns, False), (turns[:-1], True)):
+        text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=prompt)
+        ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def set_default_system_prompt(tokenizer, text: str) -> None:
     """Make `text` the system message the tokenizer's chat template adds when a
     conversation has none, so an exported model is prompted the way it was trained by
-    anything that applies its chat template (`alignment eval`, vLLM, transformers)."""
+    anything that applies its chat template (`alignment eval`, vLLM, transformers). Where
+    the template refuses a system message (Gemma 2, Mistral v0.1) the text goes where
+    training put it (`alignment.data.templates.fold_system`): at the head of the first
+    user turn, followed by a blank line."""
     import json
 
     if not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template to carry a system prompt")
-    head = ("{%- if messages and messages[0]['role'] != 'system' -%}"
-            "{%- set messages = [{'role': 'system', 'content': " + json.dumps(text) + "}]"
-            " + messages -%}{%- endif -%}")
+    from alignment.data.templates import refuses_system
+
+    if refuses_system(tokenizer):
+        head = ("{%- if messages and messages[0]['role'] == 'user' -%}"
+                "{%- set messages = [{'role': 'user', 'content': " + json.dumps(text + "\n\n")
+                + " + messages[0]['content']}] + messages[1:] -%}{%- endif -%}")
+    else:
+        head = ("{%- if messages and messages[0]['role'] != 'system' -%}"
+                "{%- set messages = [{'role': 'system', 'content': " + json.dumps(text) + "}]"
+                " + messages -%}{%- endif -%}")
     tokenizer.chat_template = head + tokenizer.chat_template
 
 
@@ -234,7 +336,44 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.config.use_cache = False  # training default; generation turns it back on
+    honour_sliding_window(model)
     return model
+
+
+def honour_sliding_window(model) -> None:
+    """Make the 4-D attention masks of the trainers' packed layouts (`collate_pairs`,
+    `collate_groups`, prefix trees: a boolean (rows, 1, L, L) "who sees whom" with logical
+    positions in `position_ids`) respect the model's sliding-window layers.
+
+    transformers applies a 4-D mask as given to every layer, so on Gemma 2/3 (alternating
+    local layers), Mistral v0.1 and Phi-3 (a window on every layer) a packed token would see
+    further back than the model ever did once a sequence outgrows the window: other
+    log-probs than the same sequence alone gets (measured on a 2-layer Gemma 2 with a
+    16-token window: up to 0.34 nats a token). A forward pre-hook on the decoder narrows
+    such a mask the way the model narrows a 2-D one: on sliding layers a query sees keys
+    less than `sliding_window` positions back (HF's `sliding_window_overlay`). Models with
+    `layer_types` get one mask per layer type; the others one windowed mask. 2-D masks
+    (generation, plain padding) are left alone. Applied by `load_causal_lm`; call it on any
+    other model given packed 4-D masks (a critic, a reward model)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    types = list(getattr(config, "layer_types", None) or [])
+    if not window or (types and "sliding_attention" not in types):
+        return
+    decoder = getattr(model, model.base_model_prefix, model)
+
+    def narrow(module, args, kwargs):
+        mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        if not (isinstance(mask, torch.Tensor) and mask.dim() == 4
+                and mask.dtype == torch.bool and positions is not None):
+            return None
+        back = positions[:, None, :, None] - positions[:, None, None, :]   # (n, 1, L, L)
+        local = mask & (back < window).to(mask.device)
+        kwargs["attention_mask"] = ({"full_attention": mask, "sliding_attention": local}
+                                    if types else local)
+        return args, kwargs
+
+    decoder.register_forward_pre_hook(narrow, with_kwargs=True)
 
 
 def make_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 32,

@@ -10,6 +10,9 @@ With `seeds` (one per prompt), sample k of prompt i is drawn from its own random
 the same whichever batch or process it is generated in: a run on 2 processes samples
 exactly what the same run on 1 process samples.
 
+Generation stops at any of the model's EOS ids (`alignment.models.stop_token_ids`), which
+ends the completion (finish reason "stop").
+
 With `prefixes`, each sample's response starts with forced tokens (DR-PO's dataset
 reset): they are fed as part of the input, returned at the head of the completion with
 `forced=True`, and their log-probs are the model's own log-probs of those tokens.
@@ -27,6 +30,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from alignment.models import stop_token_ids
 from alignment.rollout.sync_check import SyncCheck, default_tolerance
 from alignment.rollout.types import Rollouts, SamplingParams, check_request, sample_seed
 
@@ -42,7 +46,10 @@ class HFEngine:
         # ZeRO-3 (weights sharded over processes): every forward gathers from all of them,
         # so all processes decode in lockstep until the last one is done
         self.synced = synced
-        self.eos_id = tokenizer.eos_token_id
+        # every EOS the model's generation config lists, not only the tokenizer's (Llama 3,
+        # Gemma, Phi-3 end a turn with a token only the generation config names)
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.eos_id = self.stop_ids[0] if self.stop_ids else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         dtype = next(model.parameters()).dtype
         self.sync_check = SyncCheck(tokenizer, probe_tolerance or default_tolerance(dtype))
@@ -108,7 +115,7 @@ class HFEngine:
             mask[row, width - len(x):] = 1
         ids, mask = ids.to(device), mask.to(device)
         kwargs = {"do_sample": not sampling.greedy, "max_new_tokens": sampling.max_new_tokens,
-                  "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
+                  "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id,
                   "return_dict_in_generate": True, "output_scores": True,
                   "synced_gpus": self.synced}
         seeded = None
@@ -133,8 +140,8 @@ class HFEngine:
         for row, (_, _, prefix, _) in enumerate(jobs):
             tokens = new[row].tolist()
             lps = sampled[row].tolist()
-            if self.eos_id in tokens:
-                cut = tokens.index(self.eos_id) + 1
+            cut = next((k + 1 for k, t in enumerate(tokens) if t in self.stop_ids), None)
+            if cut is not None:
                 tokens, lps, reason = tokens[:cut], lps[:cut], "stop"
             else:
                 reason = "length"

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from alignment.models import generation_eos_ids, stop_token_ids
 from alignment.rollout.sync_check import (  # noqa: F401 - the first two: re-exported
     PROBE_TEXT,
     StaleWeightsError,
@@ -55,7 +56,11 @@ class VLLMEngine:
                        enforce_eager=True, seed=seed, logprobs_mode="processed_logprobs",
                        **kwargs)
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.eos_token_id
+        # every EOS of the tokenizer and of the folder's generation config (vLLM adds the
+        # latter itself in some versions; said here, not left to the version)
+        self.stop_ids = list(dict.fromkeys([*stop_token_ids(tokenizer),
+                                            *generation_eos_ids(model_path)]))
+        self.eos_id = self.stop_ids[0] if self.stop_ids else None
         # engine and trainer kernels differ: ~1e-6 nats apart on average in fp32, a few
         # hundredths in bf16 (see `sync_check` for how a one-step-stale engine is caught)
         self.sync_check = SyncCheck(tokenizer, probe_tolerance or default_tolerance(dtype))
@@ -86,7 +91,7 @@ class VLLMEngine:
                 top_k=sampling.top_k if sampling.top_k > 0 else -1,
                 max_tokens=sampling.max_new_tokens, logprobs=0,
                 seed=seed if seeded else None,
-                prompt_logprobs=0 if any(prefixes) else None, stop_token_ids=[self.eos_id])
+                prompt_logprobs=0 if any(prefixes) else None, stop_token_ids=self.stop_ids)
 
         jobs = [(i, list(p) + list(pre), pre) for i, (p, pre) in
                 enumerate(zip(prompts, prefixes, strict=True)) for _ in range(repeat)]
@@ -114,7 +119,10 @@ class VLLMEngine:
         """Copy `model`'s current weights into the engine; verify; return seconds taken."""
         start = time.perf_counter()
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        with torch.no_grad(), _merged(model) as weights, _quiet_vllm():
+        # a tied output embedding is sent only where the engine has an lm_head to fill
+        # (Llama, Qwen: theirs is a separate module, repacked on CPU); Gemma has none
+        tied = hasattr(getattr(runner, "model", None), "lm_head")
+        with torch.no_grad(), _merged(model, tied) as weights, _quiet_vllm():
             # (vLLM warns on every reload that rotary embeddings have no weights to load)
             runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
         self.llm.reset_prefix_cache()
@@ -151,17 +159,21 @@ def _prefix_logps(prompt_logprobs, prompt_ids, k: int) -> list[float]:
 
 
 class _merged:
-    """(name, tensor) pairs in Hugging Face checkpoint naming; LoRA merged for the copy."""
+    """(name, tensor) pairs in Hugging Face checkpoint naming; LoRA merged for the copy.
+    Without `tied`, a tensor tied to one already listed (the output embedding of a model
+    with `tie_word_embeddings`) is left out, as `save_pretrained` leaves it out of a
+    checkpoint: vLLM's Gemma 2/3 have no `lm_head` and refuse the name."""
 
-    def __init__(self, model):
+    def __init__(self, model, tied: bool = True):
         self.model = model
+        self.tied = tied
         self.peft = hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
 
     def __enter__(self):
         if _zero3_sharded(self.model):
-            return _gathered_weights(self.model)
+            return _gathered_weights(self.model, self.tied)
         if not self.peft:
-            return list(self.model.state_dict().items())
+            return self._tied(self.model.state_dict().items())
         self.model.merge_adapter()
         items = []
         for name, tensor in self.model.state_dict().items():
@@ -169,7 +181,10 @@ class _merged:
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
             items.append((name, tensor))
-        return items
+        return self._tied(items)
+
+    def _tied(self, items) -> list[tuple[str, torch.Tensor]]:
+        return list(items) if self.tied else _untied(items)
 
     def __exit__(self, *exc):
         if self.peft:
@@ -177,17 +192,31 @@ class _merged:
         return False
 
 
+def _untied(items) -> list[tuple[str, torch.Tensor]]:
+    """`items` without the tensors that share storage with an earlier one (tied weights)."""
+    seen, out = set(), []
+    for name, tensor in items:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            out.append((name, tensor))
+    return out
+
+
 def _zero3_sharded(model) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def _gathered_weights(model):
+def _gathered_weights(model, tied: bool = True):
     """ZeRO-3: (name, full tensor) pairs gathered one module at a time, so the trainer
     never holds the whole model at once (collective: every process iterates in step)."""
     import deepspeed
 
+    seen = set()   # without `tied`: a tied parameter once, under its first name
     for module_name, module in model.named_modules():
-        params = list(module.named_parameters(recurse=False))
+        params = [(n, p) for n, p in module.named_parameters(recurse=False)
+                  if tied or id(p) not in seen]
+        seen.update(id(p) for _, p in params)
         if not params:
             continue
         with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
