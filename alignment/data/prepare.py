@@ -225,12 +225,14 @@ def _paired(ds, locate, label: str, fingerprint: str):
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """What decides the tokens: vocabulary and merges, special tokens, chat template."""
+    """What decides the tokens: vocabulary and merges, special tokens, chat template, and
+    the stop ids a completion must hold one of (`alignment.models.stop_token_ids`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(
         sorted(tokenizer.get_vocab().items()))
     return _hash(vocab, tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token,
-                 tokenizer.pad_token, str(tokenizer.special_tokens_map))
+                 tokenizer.pad_token, str(tokenizer.special_tokens_map),
+                 getattr(tokenizer, "alignment_stop_ids", None))
 
 
 def _code_version() -> str:

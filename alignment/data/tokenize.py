@@ -65,10 +65,10 @@ def tokenize_example(tokenizer, ex: Example, *, max_length: int, max_prompt_leng
         if ex.text is not None:   # language modelling: every token after the first is a label
             return _text_tokens(tokenizer, ex.text, max_length, too_long, ex.where)
         prompt_text = render_prompt(tokenizer, ex.prompt, chat_template=chat_template,
-                                    system_prompt=system_prompt, plain=ex.plain)
+                                    system_prompt=system_prompt, plain=ex.plain, tools=ex.tools)
         texts = {name: render_completion(tokenizer, prompt_text, ex.prompt, msgs,
                                          chat_template=chat_template,
-                                         system_prompt=system_prompt)
+                                         system_prompt=system_prompt, tools=ex.tools)
                  for name, msgs in ex.completions.items()}
     except DataError as exc:
         raise DataError(f"{ex.where}: {exc}") from None
