@@ -195,6 +195,8 @@ def test_unpaired_preference_rows_become_pairs(tokenizer, tmp_path):
 
 
 TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }}:"
+    "{{ t.function.parameters | tojson }};{% endfor %}</tools>{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
     "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}"
     "({{ c.function.arguments }})</call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
@@ -207,12 +209,22 @@ def test_tool_calls_pass_through_the_chat_template(tokenizer, tmp_path):
                 {"role": "assistant", "content": None, "tool_calls": [call]},
                 {"role": "tool", "name": "add", "content": "4"},
                 {"role": "assistant", "content": "It is 4."}]
-    data = write_jsonl(tmp_path / "tools.jsonl", [{"messages": messages}])
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
+    mul = {"type": "function", "function": {"name": "mul", "parameters": {
+        "type": "object", "properties": {"x": {"type": "number"}}}}}
+    rows = [{"messages": messages, "tools": [add]},          # tools as objects (Arrow
+            {"messages": messages, "tools": json.dumps([mul])}]   # structs) or as JSON text
+    data = write_jsonl(tmp_path / "tools.jsonl", rows)
     tok = _with_template(tokenizer, TOOL_TEMPLATE)
-    [te] = tokenize_source(tok, data, "sft", SETTINGS)
-    prompt = tok.decode(te.prompt_ids)
+    first, second = tokenize_source(tok, data, "sft", SETTINGS)
+    prompt = tok.decode(first.prompt_ids)
     assert '<call>add({"a": 2, "b": 2})</call>' in prompt and "<|im_start|>tool\n4" in prompt
-    assert tok.decode(te.completion_ids["completion"]).startswith("It is 4.")
+    assert prompt.startswith('<tools>add:{"type": "object", "properties": {"a": {"type": '
+                             '"integer"}, "b": {"type": "integer"}}};</tools>')   # no nulls
+    assert tok.decode(second.prompt_ids).startswith('<tools>mul:{"type": "object", '
+                                                    '"properties": {"x": {"type": "number"}}};')
+    assert tok.decode(first.completion_ids["completion"]).startswith("It is 4.")
 
 
 def _with_template(tokenizer, template: str):

@@ -92,8 +92,18 @@ def _message(msg: Any, i: int, row: Row, column: str) -> dict[str, Any]:
         raise DataError(f"{row.where}: column '{column}' message {i} content must be a "
                         f"string, got {type(content).__name__}")
     out = {"role": msg["role"], "content": content}
-    out.update((k, msg[k]) for k in TOOL_KEYS if msg.get(k) is not None)
+    out.update((k, drop_nulls(msg[k])) for k in TOOL_KEYS if msg.get(k) is not None)
     return out
+
+
+def drop_nulls(value: Any) -> Any:
+    """Nested objects without their null fields: Arrow gives every row of a column the union
+    of all rows' keys (null where a row has none), which a chat template would render."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
 
 
 def _tools(row: Row) -> list | None:
@@ -111,7 +121,7 @@ def _tools(row: Row) -> list | None:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise DataError(f"{row.where}: column 'tools' must be a list of function schemas "
                         f"(objects), got {type(value).__name__}")
-    return value
+    return drop_nulls(value)
 
 
 def preference_example(row: Row) -> Example:
