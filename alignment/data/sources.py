@@ -34,7 +34,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class DataSource:
     data_files: Any = None
     data_dir: str | None = None
     revision: str | None = None
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __str__(self) -> str:
         tail = "".join(f":{v}" for v in (self.name, self.split) if v)
