@@ -93,6 +93,27 @@ class TokenizedRows(Sequence):
         """Changes whenever any kept row's tokens could have changed."""
         return self.table._fingerprint
 
+    def content_digest(self) -> str:
+        """A hash of the kept rows' token ids themselves (not of where they came from: the
+        same pairs under another path give the same digest), read from the Arrow buffers
+        without a Python object per token."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        digest = hashlib.sha256()
+        data = self.table.data
+        for name in ("prompt", *COMPLETIONS[self.kind]):
+            for chunk in data.column(PREFIX + name).chunks:
+                digest.update(pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
+                              .astype(np.int64).tobytes())
+                digest.update(chunk.flatten().to_numpy(zero_copy_only=False)
+                              .astype(np.int32).tobytes())
+        kept = self.table._indices   # rows left after skips (None: all of them)
+        if kept is not None:
+            for chunk in kept.column(0).chunks:
+                digest.update(chunk.to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
 
 class MappedRows(Sequence):
     """`rows` seen through `convert(i, example)` on access (a trainer's own example type),
@@ -116,6 +137,9 @@ class MappedRows(Sequence):
     @property
     def fingerprint(self) -> str:
         return self.rows.fingerprint
+
+    def content_digest(self) -> str:
+        return self.rows.content_digest()
 
 
 def tokenize_source(tokenizer, source, kind: str, settings: TokenizeSettings, *,

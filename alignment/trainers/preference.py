@@ -178,8 +178,8 @@ class PreferenceTrainer(PairData, Trainer):
         digest = hashlib.sha256()
         for pairs in (self.train_set, self.eval_set):
             digest.update(f"{len(pairs)} pairs".encode())
-            if getattr(pairs, "fingerprint", None):   # kept in Arrow: its tokens' fingerprint
-                digest.update(pairs.fingerprint.encode())
+            if hasattr(pairs, "content_digest"):   # kept in Arrow: hashed from its buffers
+                digest.update(pairs.content_digest().encode())
                 continue
             for p in pairs:
                 for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
