@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from alignment.data import load_examples, render_prompt
-from alignment.models import load_tokenizer, resolve_dtype, resolve_model
+from alignment.models import load_tokenizer, resolve_dtype, resolve_model, stop_token_ids
 from reward_models import extract_answer, is_correct
 
 
@@ -80,6 +80,9 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int,
                     batch_size: int, progress: bool = False) -> tuple[list[str], int]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
+    # every EOS the generation config lists: Llama 3, Gemma and Phi-3 end a turn with one
+    # that is not the tokenizer's, and would otherwise run to max_new_tokens
+    stops = stop_token_ids(tokenizer, model)
     total_new = 0
     tokenizer.padding_side = "left"  # generation continues from the right edge
     batches = range(0, len(order), batch_size)
@@ -92,13 +95,14 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int,
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
         gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id,
+                             eos_token_id=stops or None,
                              pad_token_id=tokenizer.pad_token_id, use_cache=True)
         new = gen[:, enc["input_ids"].shape[1]:]               # (batch, new tokens)
         for row, i in enumerate(idx):
             ids = new[row].tolist()
-            if tokenizer.eos_token_id in ids:
-                ids = ids[:ids.index(tokenizer.eos_token_id) + 1]
+            end = next((k for k, t in enumerate(ids) if t in stops), None)
+            if end is not None:       # (the rest of the row is padding)
+                ids = ids[:end + 1]
             total_new += len(ids)
             out[i] = tokenizer.decode(ids, skip_special_tokens=True)
     return out, total_new

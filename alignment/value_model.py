@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.models import resolve_model
+from alignment.models import honour_sliding_window, resolve_model
 
 
 class CriticError(ValueError):
@@ -71,6 +71,7 @@ def load_critic(init: str, policy_path: str, dtype: torch.dtype, *, path: str | 
     finally:
         hf_logging.set_verbosity(verbosity)
     critic.config.use_cache = False
+    honour_sliding_window(critic)     # values are read under the packed layouts' 4-D masks
     if critic.config.pad_token_id is None:
         critic.config.pad_token_id = pad_token_id
     head = value_head(critic)

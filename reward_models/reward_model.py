@@ -9,10 +9,13 @@ is the one logit at the last real token, and both train on the same text:
   (`apply_chat_template(prompt + [assistant])`, as our trainer and TRL do);
 - plain data (`data.chat_template: false`): prompt + completion + EOS.
 
-The scorer renders a (prompt, completion) exactly so. Which of the two a folder was trained
-with is read from its `recipe.yaml` (our trainer writes one); for other folders it is the
-chat template (`chat_template=False` scores plain text; a folder without a template and
-without that option is refused rather than guessed).
+The scorer renders a (prompt, completion) exactly so and tokenises it as training did: the
+prompt and the completion separately for a folder our trainer wrote (it writes a
+`recipe.yaml`), the whole text for others (TRL tokenises the conversation at once). Which
+of the two formats a folder was trained with is read from that `recipe.yaml` (a folder of
+ours whose tokenizer has no chat template, a base model, was trained on plain text); for
+other folders it is the chat template (`chat_template=False` scores plain text; a folder
+without a template and without that option is refused rather than guessed).
 A prompt is the prompt as written in the data: a string (one user turn) or a list of
 {role, content} messages — never a prompt already rendered by the policy's template.
 
@@ -171,6 +174,8 @@ class RewardModelScorer(Scorer):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if chat_template is None:
             chat_template = trained_with_chat_template(path)
+            if chat_template is not None and not self.tokenizer.chat_template:
+                chat_template = False    # our trainer's plain format for a base model
         if chat_template is None:   # not said, not recorded: chat, the common case
             chat_template = True
         if chat_template and not self.tokenizer.chat_template:
@@ -184,6 +189,7 @@ class RewardModelScorer(Scorer):
         self.chat_template = chat_template
         self.device = _default_device() if device == "auto" else device
         self.beta = likelihood_beta(path)    # None: a classifier
+        self.separate = bool(_trained_recipe(path))   # our trainer: prompt, completion apart
         model_class = AutoModelForSequenceClassification if self.beta is None else \
             AutoModelForCausalLM
         self.model = model_class.from_pretrained(
@@ -250,14 +256,16 @@ class RewardModelScorer(Scorer):
         return head, full[len(head):]
 
     def _tokenize(self, prompt, completion: str) -> tuple[list[int], int]:
-        """(token ids, where the completion starts): the two parts tokenised separately
-        for a likelihood model (as its training did), the whole text for a classifier."""
+        """(token ids, where the completion starts), tokenised as training did: the two parts
+        separately for our trainer's folders, the whole text for others. The two can differ at
+        the seam (Llama 3's "\\n\\n" after the assistant header is one token alone, two
+        before the answer's first digit)."""
         head, tail = self.render_parts(prompt, completion)
-        if self.beta is None:
+        if not self.separate:
             return self.tokenizer(head + tail, add_special_tokens=False)["input_ids"], 0
         prompt_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
         tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
-        if not prompt_ids or not tail_ids:
+        if self.beta is not None and (not prompt_ids or not tail_ids):
             raise ValueError("a likelihood reward model needs a non-empty prompt and completion")
         return prompt_ids + tail_ids, len(prompt_ids)
 

@@ -171,9 +171,10 @@ def make(algorithm: str, model: str, out, data: dict, **sections):
     from alignment.trainers.grpo import GRPOTrainer
     from alignment.trainers.ppo import PPOTrainer
     from alignment.trainers.reward_model import RewardModelTrainer
+    from alignment.trainers.sft import SFTTrainer
 
     trainers = {"dpo": DPOTrainer, "grpo": GRPOTrainer, "ppo": PPOTrainer,
-                "reward_model": RewardModelTrainer}
+                "reward_model": RewardModelTrainer, "sft": SFTTrainer}
     recipe = {"algorithm": algorithm, "output_dir": str(out),
               "model": {"name": model, "dtype": "float32"},
               "data": {"eval": None, "max_prompt_length": 96, "max_length": 128, **data},
@@ -330,8 +331,6 @@ def test_packed_layouts_respect_the_sliding_window(tmp_path, bundled_model_dir, 
     torch.testing.assert_close(pairs, expected, rtol=0, atol=1e-10)
 
 
-@pytest.mark.xfail(strict=True, reason="value_model.load_critic (and the reward-model trainer's "
-                   "classifier) do not call alignment.models.honour_sliding_window yet")
 def test_critic_values_respect_the_sliding_window(tmp_path, bundled_model_dir):
     from alignment.trainers.sequences import collate_groups
     from alignment.value_model import load_critic, token_values
@@ -376,6 +375,19 @@ def test_dpo_first_step_and_the_exported_folder(family_models, name, tmp_path):
     assert final(render_prompt(final, first["prompt"]),
                  add_special_tokens=False)["input_ids"] == pair.prompt_ids
 
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sft_demonstrations_end_at_the_end_of_turn(family_models, name, tmp_path):
+    """SFT trains up to the first EOS id of a demonstration, the family's end of turn, and
+    not on what the template writes after it (Phi-3's final <|endoftext|>)."""
+    from alignment.models import stop_token_ids
+
+    trainer = make("sft", family_models[name], tmp_path / "sft",
+                   {"train": subset(tmp_path, "data/arithmetic/sft/train.jsonl", 2)})
+    demo = trainer.train_set[0]
+    assert demo.chosen_ids[-1] == end_of_turn(trainer.tokenizer, name)
+    assert not set(stop_token_ids(trainer.tokenizer)) & set(demo.chosen_ids[:-1])
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_grpo_rollouts_stop_at_the_family_eos(family_models, name, tmp_path, monkeypatch):
@@ -426,21 +438,13 @@ def test_ppo_with_a_critic(family_models, name, tmp_path):
     assert row["rollout/logprob_gap_max"] < 1e-4
 
 
-POOLING = ("trainers/reward_model.py picks its pool pad id as '<|endoftext|>' unless that is the "
-           "EOS, then the pad (= EOS): the exported pad_token_id makes HF's classifier pool "
-           "before a final EOS; alignment.models.pooling_pad_id picks one no text contains")
-RM_BROKEN = {
-    "llama": "reward_models/reward_model.py tokenises a classifier's prompt + completion as one "
-             "text, training tokenises them apart: Llama 3's '\\n\\n' after the header then "
-             "splits differently",
-    "phi3": POOLING, "base": POOLING}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(
-    strict=True, reason=RM_BROKEN[name])) if name in RM_BROKEN else name for name in FAMILIES])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_reward_model_scores_as_it_trained(family_models, name, tmp_path):
     """The exported reward model, loaded by the `reward_model` scorer, gives a pair the
-    reward the trainer computed for it: same rendering, same pooled token."""
+    reward the trainer computed for it: same rendering (the base model's plain format read
+    from the folder, not told), same tokens (Llama 3's prompt and completion tokenised
+    apart), same pooled token (a pad id no text holds: Phi-3 and the base model end with
+    their pad = EOS)."""
     from reward_models import build_scorer
 
     trainer = make("reward_model", family_models[name], tmp_path / "rm",
@@ -451,11 +455,32 @@ def test_reward_model_scores_as_it_trained(family_models, name, tmp_path):
     with torch.no_grad():
         _, metrics = trainer.compute_loss(trainer.collate([pair]))
     first = json.loads((tmp_path / "preference_chat.jsonl").read_text().splitlines()[0])
-    scorer = build_scorer("reward_model", path=str(tmp_path / "rm" / "final"),
-                          **({} if FAMILIES[name].template else {"chat_template": False}))
+    scorer = build_scorer("reward_model", path=str(tmp_path / "rm" / "final"))
+    assert scorer.model.config.pad_token_id == trainer.pool_pad_id
     [reward] = scorer.score([first["prompt"]], [first["chosen"][0]["content"]]).rewards
     assert reward == pytest.approx(metrics["rewards/chosen"].item(), abs=1e-4)
 
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "phi3"])
+def test_greedy_eval_stops_at_the_end_of_turn(family_models, name, tmp_path):
+    """`alignment eval` (and the trainers' before/after eval) stops at the family's end of
+    turn, an EOS only the generation config lists, instead of running to max_new_tokens."""
+    from alignment.evaluation import EvalSettings, evaluate
+    from alignment.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(family_models[name])
+    model = load_causal_lm(family_models[name], torch.float32)
+    eot = end_of_turn(tokenizer, name)
+    assert eot != tokenizer.eos_token_id
+    bias = torch.zeros(model.config.vocab_size)
+    bias[eot] = 100.0                     # the end of turn is every step's greedy token
+    model.get_output_embeddings().register_forward_hook(
+        lambda module, args, logits: logits + bias.to(logits.dtype))
+    result = evaluate(name, subset(tmp_path, "data/arithmetic/add2/train.jsonl", 3),
+                      EvalSettings(max_new_tokens=8, batch_size=2), loaded=(model, tokenizer))
+    assert result["generation"]["new_tokens"] == 3          # one token each: the end of turn
+    assert [s["completion"] for s in result["samples"]] == ["", "", ""]
 
 @pytest.mark.vllm
 def test_vllm_gemma2_stops_at_the_end_of_turn_and_follows_sync(tmp_path, bundled_model_dir):

@@ -52,6 +52,7 @@ import torch
 
 from alignment.errors import TrainingError
 from alignment.losses import bradley_terry_loss, token_verifier_loss
+from alignment.models import honour_sliding_window, pooling_pad_id
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair, PairData
 from alignment.trainers.prefix_tree import collate_pair_tree
@@ -71,11 +72,11 @@ class RewardModelTrainer(PairData, Trainer):
             return super().build_policy()
         model = AutoModelForSequenceClassification.from_pretrained(
             self.model_path, num_labels=1, dtype=self.dtype)
-        # pad with a token absent from the data so the head pools the last real token
-        endoftext = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        self.pool_pad_id = endoftext if isinstance(endoftext, int) and endoftext != \
-            self.tokenizer.eos_token_id else self.tokenizer.pad_token_id
+        # pad with a token absent from the data so the head pools the last real token (the
+        # saved config's pad_token_id, what the `reward_model` scorer pads with)
+        self.pool_pad_id = pooling_pad_id(self.tokenizer, model.config.vocab_size)
         model.config.pad_token_id = self.pool_pad_id
+        honour_sliding_window(model)      # pairs are packed under a 4-D mask
         layer = self.recipe.reward_model.lm_layer
         if layer is not None and not 1 <= layer <= model.config.num_hidden_layers:
             raise TrainingError(f"reward_model.lm_layer: {layer} is not a layer of "

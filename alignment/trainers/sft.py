@@ -18,6 +18,7 @@ from __future__ import annotations
 from alignment.data import DataError
 from alignment.data.prepare import MappedRows
 from alignment.losses import sft_loss
+from alignment.models import stop_token_ids
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair
 from alignment.trainers.sequences import collate_sequences, completion_token_logps
@@ -28,12 +29,15 @@ def read_demonstrations(trainer, path, limit: int | None, split: str = "train",
     """SFT rows as `Pair`s whose chosen side is the demonstration (cut after its first EOS
     and to `budget` tokens), rejected empty; kept in Arrow; shared with SPIN."""
     rows = trainer.read_data(path, "sft", limit, split)
-    eos = trainer.tokenizer.eos_token_id
+    stops = set(stop_token_ids(trainer.tokenizer))
 
     def demonstration(i: int, t) -> Pair:
         real = t.completion_ids["completion"]
-        if eos in real:   # end where generation ends: at EOS, nothing after it
-            real = real[:real.index(eos) + 1]
+        # end where generation ends: at the first EOS id (Phi-3's <|end|>, not the final
+        # <|endoftext|> its template writes after it), nothing after it
+        end = next((k for k, token in enumerate(real) if token in stops), None)
+        if end is not None:
+            real = real[:end + 1]
         if budget is not None:
             real = real[:budget]
         if not real:
