@@ -17,7 +17,8 @@ def load_examples(source, kind: str, limit: int | None = None, *, role: str = "e
     """Read and validate a data source (file, folder, glob, hub id: `sources`) as `kind`
     ('preference', 'prompt' or 'sft') rows, as Python objects: for the small sets that
     evaluation and best-of-N read. Training data goes through `prepare.tokenize_source`."""
-    from alignment.data.sources import decode_row, open_source
+    from alignment.data.local_files import decode_row
+    from alignment.data.sources import open_source
 
     opened = open_source(source, role=role, limit=limit)
     rows = [Row(decode_row(values, opened.json_columns), opened.locate(i))

@@ -29,7 +29,7 @@ from typing import Any
 from alignment.data import formats, sources, templates, tokenize
 from alignment.data.formats import Row, check_kind_columns, is_unpaired, pair_unpaired
 from alignment.data.io import DataError
-from alignment.data.sources import decode_row
+from alignment.data.local_files import decode_row
 from alignment.data.tokenize import SkipReport, TokenizedExample, tokenize_example
 
 # Columns this module adds (prefixed so they never meet a user's column).

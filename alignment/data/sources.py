@@ -20,17 +20,15 @@ memory-mapped Arrow files under the datasets cache and a second run reads no tex
 The offline cache is honoured (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); a hub id that is not
 cached while offline is a `DataError` naming the id and how to fetch it.
 
-Local jsonl/json/csv files that Arrow cannot read as they are (a byte-order mark, a JSON
-document wrapped in {"rows": [...]}, a quoted CSV cell over several lines) are read by the
-strict reader of `alignment.data.io`, which also explains any file it refuses line by line.
-Row locations in messages are `file line N` for jsonl and csv, `source row N` otherwise.
+Local files are read by `alignment.data.local_files` (jsonl through Arrow's own reader, the
+rest through the strict reader when Arrow cannot take them as they are). Row locations in
+messages are `file line N` for jsonl and csv, `source row N` otherwise.
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -38,7 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.data.io import SUFFIXES, DataError, read_rows
+from alignment.data.io import SUFFIXES, DataError
+from alignment.data.local_files import (
+    Opened,
+    file_stamp,
+    first_line,
+    open_file,
+    row_locator,
+)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SOURCE_KEYS = ("path", "name", "split", "data_files", "data_dir", "revision")
@@ -147,18 +152,6 @@ def is_offline() -> bool:
 
 # --------------------------------------------------------------------------- opening
 
-@dataclass
-class Opened:
-    """An opened source: the rows, how to name row i in a message, and a fingerprint that
-    changes whenever the rows could have changed."""
-
-    dataset: Any                       # datasets.Dataset
-    label: str                         # how messages name the source
-    locate: Any                        # i -> "file line N" / "source row N"
-    fingerprint: str
-    json_columns: tuple[str, ...] = ()  # columns held as JSON text (`decode_row`)
-
-
 def open_source(value: str | Mapping | DataSource, *, role: str = "train",
                 limit: int | None = None) -> Opened:
     """Open a data source as one split (`role` 'train' or 'eval' picks the default split)."""
@@ -168,7 +161,7 @@ def open_source(value: str | Mapping | DataSource, *, role: str = "train",
     if local is not None:
         path = Path(local.path)
         if path.is_file():
-            opened = _open_file(path, local)
+            opened = open_file(path)
         elif path.is_dir():
             opened = _open_folder(path, local, role)
         else:
@@ -205,134 +198,7 @@ def _load(label: str, *args, **kwargs):
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; say it in one line
-        raise DataError(f"{label}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:300] if text else type(exc).__name__)
-
-
-def _file_stamp(paths: list[Path]) -> tuple:
-    return tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-
-
-def _open_file(path: Path, source: DataSource) -> Opened:
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"{path}: unknown data format '{suffix}' (use one of "
-                        f"{', '.join(SUFFIXES)}, a folder, a glob or a hub id)")
-    label = str(path)
-    stamp = _hash("file", _file_stamp([path]))
-    if suffix == ".parquet":
-        try:
-            ds = _load(label, "parquet", data_files=str(path), split="train")
-        except DataError:
-            read_rows(path)   # "cannot read as parquet (...)"
-            raise
-        return Opened(ds, label, _row_locator(label), stamp)
-    if suffix == ".jsonl":
-        ds = _jsonl_as_arrow(path, stamp)
-        if ds is not None:
-            return Opened(ds, label, _jsonl_locator(path), stamp)
-    return _open_strict(path, stamp)
-
-
-def _jsonl_as_arrow(path: Path, stamp: str):
-    """A jsonl file read by Arrow's JSON reader into a memory-mapped file in the cache (not
-    `load_dataset("json")`, whose fallback for rows Arrow cannot type reads them with pandas,
-    which turns a text "4" into the number 4). None: let the strict reader take it."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.json as paj
-
-    from alignment.models import cache_dir
-
-    target = cache_dir() / "rows" / f"{stamp}.arrow"
-    if not target.is_file():
-        try:
-            table = paj.read_json(str(path))
-            table.validate(full=True)   # Arrow's JSON reader does not check UTF-8 itself
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
-            return None
-        if table.num_rows == 0:
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as out:
-            out.write_table(table)
-        os.replace(tmp, target)
-    return datasets.Dataset.from_file(str(target))
-
-
-def _open_strict(path: Path, stamp: str) -> Opened:
-    """Read with the strict reader (exact line numbers, every format quirk it accepts), then
-    hold the rows in an Arrow table. A column whose rows hold different kinds of value (a
-    plain prompt here, a conversation there) is kept as JSON text, decoded per row."""
-    import datasets
-
-    rows = read_rows(path)
-    values = [r.values for r in rows]
-    mixed = _mixed_columns(values)
-    if mixed:
-        values = [{k: json.dumps(v) if k in mixed else v for k, v in r.items()}
-                  for r in values]
-    try:
-        ds = datasets.Dataset.from_list(values)
-    except Exception as exc:  # noqa: BLE001 - pyarrow cannot type a column
-        raise DataError(f"{path}: cannot be held as a table ({_first_line(exc)})") from None
-    wheres = [r.where for r in rows]
-    return Opened(ds, str(path), lambda i: wheres[i], stamp, tuple(sorted(mixed)))
-
-
-def _mixed_columns(rows: list[dict]) -> set[str]:
-    """Columns whose non-null values are of more than one kind (text, number, list, ...),
-    or lists/objects whose items differ in kind."""
-    seen: dict[str, str] = {}
-    mixed = set()
-    for row in rows:
-        for key, value in row.items():
-            if value is None or key in mixed:
-                continue
-            kind = _shape(value)
-            if seen.setdefault(key, kind) != kind:
-                mixed.add(key)
-    return mixed
-
-
-def _shape(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ",".join(sorted({_shape(v) for v in value})) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_shape(v)}" for k, v in sorted(value.items())
-                              if v is not None) + "}"
-    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else type(value).__name__
-
-
-def decode_row(values: dict, json_columns: tuple[str, ...]) -> dict:
-    """A row as it was written: the columns `_open_strict` kept as JSON text, decoded."""
-    if not json_columns:
-        return values
-    return {k: json.loads(v) if k in json_columns and v is not None else v
-            for k, v in values.items()}
-
-
-def _row_locator(label: str):
-    return lambda i: f"{label} row {i}"
-
-
-def _jsonl_locator(path: Path):
-    """Row i of a jsonl file -> its line (blank lines hold no row); the file is scanned
-    once, the first time a row is named."""
-    lines: list[int] = []
-
-    def locate(i: int) -> str:
-        if not lines:
-            with path.open("rb") as f:
-                lines.extend(n for n, raw in enumerate(f, start=1) if raw.strip())
-        return f"{path} line {lines[i]}" if i < len(lines) else f"{path} row {i}"
-    return locate
+        raise DataError(f"{label}: {first_line(exc)}") from None
 
 
 def _open_folder(path: Path, source: DataSource, role: str) -> Opened:
@@ -344,13 +210,13 @@ def _open_folder(path: Path, source: DataSource, role: str) -> Opened:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{path}: not readable as a folder written by datasets' "
-                            f"save_to_disk ({_first_line(exc)})") from None
+                            f"save_to_disk ({first_line(exc)})") from None
         if isinstance(ds, datasets.DatasetDict):
             split = _pick_split(list(ds), source, role, label)
             ds, label = ds[split], f"{path}:{split}"
         elif source.split:
             raise DataError(f"{path}: holds a single split; drop split '{source.split}'")
-        return Opened(ds, label, _row_locator(label), _hash("disk", ds._fingerprint))
+        return Opened(ds, label, row_locator(label), _hash("disk", ds._fingerprint))
     files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
              and p.suffix.lower() in BUILDERS]
     if not files and source.data_files is None:
@@ -358,7 +224,7 @@ def _open_folder(path: Path, source: DataSource, role: str) -> Opened:
                         f"{', '.join(sorted(set(BUILDERS)))}, a README with `configs`, or "
                         "a save_to_disk folder)")
     return _open_split(label, source, role, str(path),
-                       stamp=_file_stamp(sorted(files)) if files else None)
+                       stamp=file_stamp(sorted(files)) if files else None)
 
 
 def _open_glob(source: DataSource, role: str) -> Opened:
@@ -372,7 +238,7 @@ def _open_glob(source: DataSource, role: str) -> Opened:
     builder = BUILDERS[suffixes.pop()]
     glob_source = DataSource(builder, source.name, source.split or "train",
                              [str(p) for p in files])
-    return _open_split(source.path, glob_source, role, builder, stamp=_file_stamp(files))
+    return _open_split(source.path, glob_source, role, builder, stamp=file_stamp(files))
 
 
 def _open_hub(source: DataSource, role: str) -> Opened:
@@ -403,7 +269,7 @@ def _open_split(label: str, source: DataSource, role: str, path: str,
         loaded = loaded[split]
         label = f"{label}:{split}" if ":" not in label else label
     fingerprint = _hash("load", loaded._fingerprint, stamp)
-    return Opened(loaded, label, _row_locator(label), fingerprint)
+    return Opened(loaded, label, row_locator(label), fingerprint)
 
 
 def _pick_split(splits: list[str], source: DataSource, role: str, label: str) -> str:
