@@ -128,7 +128,8 @@ class MappedRows(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return self.convert(int(i), self.rows[i])
+        i = range(len(self))[i]   # a negative index counts from the end; IndexError past it
+        return self.convert(i, self.rows[i])
 
     @property
     def lengths(self) -> list[int]:
