@@ -638,8 +638,16 @@ train("drpo-no-reset-column",
       TRAIN_GRPO.replace("algorithm: grpo", "algorithm: drpo").replace(
           "grpo: {prompts_per_step: 2, num_generations: 2}",
           "drpo: {prompts_per_step: 2, samples_per_prompt: 2}"),
-      "@TMP@/prompts.jsonl line 1: no reference response in column 'completion' "
-      "(drpo.reset_column)", files=PROMPT_ROWS)
+      "data.train: @TMP@/prompts.jsonl: missing column 'completion' (drpo.reset_column) "
+      "to reset into", files=PROMPT_ROWS)   # found before any model loads
+train("drpo-empty-reset",
+      TRAIN_GRPO.replace("algorithm: grpo", "algorithm: drpo").replace(
+          "grpo: {prompts_per_step: 2, num_generations: 2}",
+          "drpo: {prompts_per_step: 2, samples_per_prompt: 2}"),
+      "@TMP@/prompts.jsonl line 2: no reference response in column 'completion' "
+      "(drpo.reset_column)",
+      files={"prompts.jsonl": jsonl({**GOOD_ROW, "completion": "#### 5"},
+                                    {**GOOD_ROW, "completion": " "})})
 train("model-folder-without-weights", TRAIN_DPO.replace("'@TINY@'", "'@TMP@/m'"),
       "@TMP@/m: no weights (*.safetensors or *.bin) next to its config.json",
       files={"pairs.jsonl": jsonl(GOOD_PAIR, GOOD_PAIR), "m/config.json": "{}"})

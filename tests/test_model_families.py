@@ -176,7 +176,7 @@ def make(algorithm: str, model: str, out, data: dict, **sections):
     trainers = {"dpo": DPOTrainer, "grpo": GRPOTrainer, "ppo": PPOTrainer,
                 "reward_model": RewardModelTrainer, "sft": SFTTrainer}
     recipe = {"algorithm": algorithm, "output_dir": str(out),
-              "model": {"name": model, "dtype": "float32"},
+              "model": {"name": model, "dtype": "float64"},
               "data": {"eval": None, "max_prompt_length": 96, "max_length": 128, **data},
               "trainer": {"lr": 1e-3, "batch_size": 4, "max_steps": 1, "save_every": None,
                           "scheduler": "constant", "seed": 3},
