@@ -79,7 +79,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     words = 0
     with path.open("w") as f:
-        for i in range(rows):
+        for _ in range(rows):
             user = f"{rng.choice(QUESTIONS)} {rng.choice(SUBJECTS)} {rng.choice(VERBS)} " \
                    f"{rng.choice(OBJECTS)}? " + text(rng, rng.randint(25, 195))
             prompt = [{"role": "user", "content": user}]
@@ -180,7 +180,8 @@ def main() -> None:
     for n in sorted({rows_new, rows_old}):
         path = work / f"pref_{n}.jsonl"
         t = time.perf_counter()
-        data[n] = generate(path, n) | {"path": str(path), "gen_s": round(time.perf_counter() - t, 1)}
+        data[n] = generate(path, n) | {"path": str(path),
+                                       "gen_s": round(time.perf_counter() - t, 1)}
         print(f"generated {data[n]}", flush=True)
 
     model = args.model
@@ -213,7 +214,8 @@ def main() -> None:
             n = rows_old if kind == "old" else rows_new
             label = kind if kind == "old" else ("new first" if new_seen == 0 else "new cached")
             new_seen += kind == "new"
-            cmd = [py, "-m", "alignment", "train", "recipes/dpo.yaml", f"data.train={data[n]['path']}",
+            cmd = [py, "-m", "alignment", "train", "recipes/dpo.yaml",
+                   f"data.train={data[n]['path']}",
                    "data.eval=null", "data.train_limit=null", "data.max_length=1024",
                    "data.max_prompt_length=512", "trainer.max_steps=1", "eval.before_after=false",
                    f"dpo.reference={args.reference}", f"output_dir={work / f'out_{i}'}",
