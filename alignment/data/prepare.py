@@ -18,6 +18,7 @@ or an error message. The first error is raised after the map with the row's loca
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -156,7 +157,7 @@ def tokenize_source(tokenizer, source, kind: str, settings: TokenizeSettings, *,
     if kind == "preference" and is_unpaired(present):
         ds, locate, fingerprint = _paired(ds, locate, label, fingerprint)
     fingerprint = _hash(fingerprint, kind, answer_column, asdict(settings),
-                        tokenizer_fingerprint(tokenizer), CODE_VERSION)
+                        tokenizer_fingerprint(tokenizer), _code_version())
     cache_file = str(_cache_dir() / f"{fingerprint}.arrow")
     if num_proc is None:
         num_proc = min(_cores(), len(ds) // ROWS_PER_PROCESS) or None
@@ -260,6 +261,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
                  getattr(tokenizer, "alignment_stop_ids", None))
 
 
+@functools.cache
 def _code_version() -> str:
     """The data layer's own source: a change to how rows become tokens re-tokenises."""
     text = "".join(Path(m.__file__).read_text() for m in (formats, templates, tokenize))
@@ -283,7 +285,6 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
-CODE_VERSION = _code_version()
 
 __all__ = ["MappedRows", "TokenizeSettings", "TokenizedRows", "tokenize_source",
            "tokenizer_fingerprint"]
