@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout bench-cost clean
+.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout bench-cost bench-shapes clean
 
 setup:
 	bash scripts/setup.sh
@@ -57,6 +57,14 @@ bench-layout: setup
 # GRPO s/step vs completion length and group size, DPO tokens/s vs sequence length, vs TRL.
 bench-cost: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/cost_growth.py
+
+# Realistic shapes (135M, 360M- and 0.5B-shaped models; 512-2048 tokens): DPO/SFT tokens/s,
+# GRPO s/step, ours vs TRL's fastest configuration per point, peak RSS, share of the CPU's
+# bf16 GEMM throughput. The whole grid takes hours on 2 cores: narrow it with SHAPES_ARGS,
+# e.g. SHAPES_ARGS="--models smollm2-135m --lengths 512 --parts dpo".
+SHAPES_ARGS ?=
+bench-shapes: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/shapes.py --json bench/shapes.json $(SHAPES_ARGS)
 
 # One DPO recipe on 1 process, 2 (DDP), ZeRO-2 and ZeRO-3: s/step, tokens/s.
 bench-scaling: setup
