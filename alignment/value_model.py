@@ -118,13 +118,16 @@ class ActorCritic(torch.nn.Module):
         self.critic = critic
 
     def forward(self, *, input_ids, attention_mask, position_ids, logits_to_keep: int,
-                use_cache: bool = False) -> dict[str, torch.Tensor]:
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, logits_to_keep=logits_to_keep,
-                             use_cache=False).logits
+                use_cache: bool = False, output_hidden_states: bool = False,
+                values_to_keep: int | None = None) -> dict[str, torch.Tensor]:
+        """The policy's logits at the last `logits_to_keep` positions (and its hidden states
+        if asked), the critic's values at the last `values_to_keep` (default: as many)."""
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, logits_to_keep=logits_to_keep,
+                          output_hidden_states=output_hidden_states, use_cache=False)
         values = token_values(self.critic, input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids, keep=logits_to_keep)
-        return {"logits": logits, "values": values}
+                              position_ids=position_ids, keep=values_to_keep or logits_to_keep)
+        return {"logits": out.logits, "values": values, "hidden_states": out.hidden_states}
 
 
 def split_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -122,3 +122,155 @@ def sequence_logps(
     if average:
         return total / mask.sum(-1).clamp(min=1)  # (B,)
     return total
+
+
+# ---------------------------------------------------------------------------------------
+# The same log-probs from the last hidden states, without the (N, V) logits tensor.
+# ---------------------------------------------------------------------------------------
+
+CHUNK_ELEMENTS = 1 << 23   # logits held at once (8M: 32 MB in fp32), forward and backward
+
+
+def fused_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    scale: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """``token_logps(lm_head(hidden), labels)`` without ever holding the (N, V) logits.
+
+    The LM head is applied to a chunk of positions at a time and each chunk's log-softmax is
+    reduced at once to the label's log-prob and the row's logsumexp; the backward pass
+    recomputes each chunk's logits (a chunk of the vocabulary at a time) instead of keeping
+    them. This is the "cut cross-entropy" idea (Wijmans et al., 2024, "Cut Your Losses in
+    Large-Vocabulary Language Models", §3: the loss from the classifier input, logits never
+    in memory; also Liger-Kernel's fused linear cross-entropy, Hsu et al., 2024, §3.2)
+    applied to per-token log-probs, the quantity every loss here starts from (ALGORITHMS.md
+    §0). At 2,048 positions and a 151,936-token vocabulary the tensor not kept is 1.2 GB in
+    fp32 (plus its bf16 original and the gradient of the same size).
+
+    Args:
+        hidden: (N, H) final hidden states (after the model's last norm) at the positions
+            that predict ``labels``.
+        weight: (V, H) the LM head's weight; ``bias`` its (V,) bias if it has one.
+        labels: (N,) token ids; values outside ``[0, V)`` give meaningless values there
+            (the caller masks them), as in :func:`token_logps`.
+        temperature, top_k, top_p: as in :func:`token_logps`. With top-k / top-p the result
+            has no gradient (it is what the sampler reported, used detached).
+        softcap: Gemma 2's final logit soft-capping ``c·tanh(z/c)`` (None: none).
+        scale: a constant multiplying the head's output (Cohere's ``logit_scale``,
+            Granite's ``1/logits_scaling``).
+        chunk_elements: logits held at once; a chunk covers ``chunk_elements // V``
+            positions (forward) or ``chunk_elements // N`` vocabulary rows (backward).
+
+    Returns:
+        (N,) log-probs in float32 (float64 for float64 inputs); the matmuls run in the
+        inputs' dtype, the softmax in float32 or wider, exactly as ``token_logps`` on the
+        head's logits.
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must be (N, H) and weight (V, H), got {tuple(hidden.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"labels must be (N,) = ({hidden.shape[0]},), got {tuple(labels.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    head = _Head(weight, bias, temperature, softcap, scale)
+    labels = torch.where((labels >= 0) & (labels < weight.shape[0]), labels, 0)
+    if bool(top_k) or top_p < 1.0:
+        with torch.no_grad():
+            return _filtered_logps(head, hidden, labels, top_k, top_p, chunk_elements)
+    return _FusedLogps.apply(hidden, weight, bias, labels, head, chunk_elements)
+
+
+class _Head:
+    """The head's logits as `token_logps` sees them: z = f(h·Wᵀ + b) / temperature, f the
+    scale and soft-cap, in float32 (float64 stays)."""
+
+    def __init__(self, weight, bias, temperature, softcap, scale):
+        self.weight, self.bias = weight, bias
+        self.temperature, self.softcap, self.scale = temperature, softcap, scale
+        self.dtype = torch.promote_types(weight.dtype, torch.float32)
+
+    def logits(self, hidden: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """(n, v) logits of `hidden` against the vocabulary rows `rows`."""
+        raw = hidden @ self.weight[rows].T
+        if self.bias is not None:
+            raw = raw + self.bias[rows]
+        z = raw.to(self.dtype)
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z / self.temperature
+
+    def chain(self, grad_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """d loss / d raw from d loss / d z (in place on grad_z)."""
+        grad_z /= self.temperature
+        if self.softcap:   # d/dx c·tanh(x/c) = 1 - tanh², and tanh = z·T / c
+            grad_z *= 1 - (z * (self.temperature / self.softcap)) ** 2
+        if self.scale != 1.0:
+            grad_z *= self.scale
+        return grad_z
+
+
+class _FusedLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, head, chunk_elements):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        step = max(1, chunk_elements // vocab)
+        out = torch.empty(n, dtype=head.dtype, device=hidden.device)
+        lse = torch.empty(n, dtype=head.dtype, device=hidden.device)
+        for start in range(0, n, step):
+            part = slice(start, start + step)
+            z = head.logits(hidden[part])                                 # (step, V)
+            lse[part] = torch.logsumexp(z, dim=-1)
+            out[part] = z.gather(-1, labels[part, None]).squeeze(-1) - lse[part]
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.head, ctx.chunk_elements = head, chunk_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        head = ctx.head
+        n, vocab = hidden.shape[0], weight.shape[0]
+        # d logp_i / d z_ij = [j = label_i] - p_ij: a chunk of the VOCABULARY at a time, so
+        # each chunk's weight gradient is one full-N matmul (no cross-chunk accumulation).
+        step = max(1, ctx.chunk_elements // max(n, 1))
+        grad_hidden = torch.zeros(hidden.shape, dtype=head.dtype, device=hidden.device)
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] \
+            else None
+        g = grad_out.to(head.dtype)[:, None]                               # (N, 1)
+        for start in range(0, vocab, step):
+            rows = slice(start, start + step)
+            z = head.logits(hidden, rows)                                  # (N, v)
+            grad_z = torch.exp(z - lse[:, None]).mul_(-g)                  # -g·p
+            inside = (labels >= start) & (labels < start + z.shape[1])
+            grad_z[inside, labels[inside] - start] += g[inside, 0]
+            grad_raw = head.chain(grad_z, z).to(hidden.dtype)              # (N, v)
+            grad_hidden += (grad_raw @ weight[rows]).to(head.dtype)
+            if grad_weight is not None:
+                grad_weight[rows] = grad_raw.T @ hidden
+            if grad_bias is not None:
+                grad_bias[rows] = grad_raw.sum(0)
+        return grad_hidden.to(hidden.dtype), grad_weight, grad_bias, None, None, None
+
+
+def _filtered_logps(head: _Head, hidden, labels, top_k, top_p, chunk_elements):
+    step = max(1, chunk_elements // head.weight.shape[0])
+    parts = []
+    for start in range(0, hidden.shape[0], step):
+        z = head.logits(hidden[start:start + step])
+        z = z.masked_fill(sampling_filter(z, top_k, top_p), -torch.inf)
+        picked = z.gather(-1, labels[start:start + step, None]).squeeze(-1)
+        parts.append(picked - torch.logsumexp(z, dim=-1))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=head.dtype)

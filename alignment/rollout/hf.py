@@ -30,6 +30,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from alignment.model_logps import forward_hidden, labels_logps
 from alignment.models import stop_token_ids
 from alignment.rollout.sync_check import SyncCheck, default_tolerance
 from alignment.rollout.types import Rollouts, SamplingParams, check_request, sample_seed
@@ -158,11 +159,10 @@ class HFEngine:
             return [[] for _ in jobs]
         longest = max(lengths)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                            logits_to_keep=longest + 1).logits[:, :-1].float()
-        logps = logits.log_softmax(-1)                      # (B, longest, V): predicts the
-        labels = ids[:, -longest:]                          # last `longest` input tokens
-        picked = logps.gather(-1, labels[..., None]).squeeze(-1)
+        _, hidden = forward_hidden(self.model, input_ids=ids, attention_mask=mask,
+                                   position_ids=position_ids)
+        # hidden state j predicts token j + 1: the last `longest` input tokens
+        picked = labels_logps(self.model, hidden[:, -longest - 1:-1], ids[:, -longest:])
         return [picked[row, longest - k:].tolist() if k else [] for row, k in enumerate(lengths)]
 
 

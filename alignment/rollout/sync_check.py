@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from alignment.errors import TrainingError
+from alignment.model_logps import forward_hidden, labels_logps
 
 PROBE_TEXT = ("The quick brown fox jumps over the lazy dog. Question: what is 12 + 35? "
               "Answer: 12 + 35 = 47, so the answer is 47.")
@@ -60,8 +61,8 @@ class SyncCheck:
         try:
             device = next(model.parameters()).device
             ids = torch.tensor([self.probe], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            return logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
+            _, hidden = forward_hidden(model, input_ids=ids)
+            return labels_logps(model, hidden[0, :-1], ids[0, 1:]).float().cpu()
         finally:
             model.train(was_training)
 

@@ -40,7 +40,14 @@ def make_accelerator():
     handlers = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(kwargs_handlers=handlers)
+    accelerator = Accelerator(kwargs_handlers=handlers)
+    # The recipe's model.dtype IS the precision. Accelerate's state is process-wide and
+    # its mixed precision comes from ACCELERATE_MIXED_PRECISION (a user's `accelerate
+    # config`) or from whatever built it first (e.g. transformers' TrainingArguments with
+    # bf16=True): left on, `prepare` would wrap the model's forward in autocast on top of
+    # the chosen dtype (slower on a CPU, other numbers than the recipe asked for).
+    accelerator.native_amp = False
+    return accelerator
 
 
 def deepspeed_plugin(accelerator):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses import token_logps
+from alignment.model_logps import forward_hidden, labels_logps
 
 ROW_COST_TOKENS = 2048   # the T at which a row's attention costs as much as the rest
                          # (1850 measured on a 2-core CPU; noise hides 1024 vs 4096)
@@ -76,15 +76,11 @@ def pair_tree_logps(model, batch: dict, *, average: bool = False) -> torch.Tenso
     """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pair_tree` batch: the
     sum (or, with `average`, the mean) over each completion's tokens."""
     device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device),
-                logits_to_keep=1, output_hidden_states=True, use_cache=False)
-    hidden = out.hidden_states[-1]            # (R, T, H), after the final norm
+    _, hidden = forward_hidden(model, **{key: batch[key].to(device) for key in
+                                         ("input_ids", "attention_mask", "position_ids")})
     rows, parents = batch["scored_row"].to(device), batch["scored_parent"].to(device)
-    head = getattr(model, "module", model).get_output_embeddings()   # (inside DDP / DS)
-    logits = head(hidden[rows, parents])      # (N, V): only the positions that are scored
-    per_token = token_logps(logits[None], batch["scored_token"].to(device)[None])[0]
+    # only the positions that are scored reach the LM head
+    per_token = labels_logps(model, hidden[rows, parents], batch["scored_token"].to(device))
     sequence = batch["scored_sequence"].to(device)
     n = 2 * batch["n_pairs"]
     sums = torch.zeros(n, dtype=per_token.dtype, device=device).index_add(0, sequence, per_token)

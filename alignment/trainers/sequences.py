@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.losses import sequence_logps, token_logps
+from alignment.model_logps import forward_hidden, labels_logps
 from alignment.trainers.prefix_tree import pair_tree_logps
 
 
@@ -95,50 +95,52 @@ def pair_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
     if batch.get("layout") == "tree":
         return pair_tree_logps(model, batch, average=average)
     _, width_c, width_r = batch["widths"]
-    device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device),
-                logits_to_keep=width_c + width_r + 1, use_cache=False)
-    logits = out.logits        # (n, C1 + C2 + 1, V): positions P-1 .. end
+    _, hidden = forward_hidden(model, **_inputs(model, batch))
+    kept = hidden[:, -(width_c + width_r + 1):]   # (n, C1 + C2 + 1, H): positions P-1 .. end
+    device = kept.device
     # chosen token t is predicted at kept column t; rejected token 0 by the last prompt
     # token (column 0, shared with chosen token 0), rejected token t >= 1 at C1 + t.
     rejected_cols = torch.cat([torch.zeros(1, dtype=torch.long),
                                torch.arange(width_c + 1, width_c + width_r)]).to(device)
     labels = batch["input_ids"][:, -(width_c + width_r):].to(device)
-    chosen = sequence_logps(logits[:, :width_c], labels[:, :width_c],
-                            batch["chosen_mask"].to(device), average=average)
-    rejected = sequence_logps(logits[:, rejected_cols], labels[:, width_c:],
-                              batch["rejected_mask"].to(device), average=average)
+    chosen = _sequence_sums(model, kept[:, :width_c], labels[:, :width_c],
+                            batch["chosen_mask"].to(device), average)
+    rejected = _sequence_sums(model, kept[:, rejected_cols], labels[:, width_c:],
+                              batch["rejected_mask"].to(device), average)
     return torch.cat([chosen, rejected])
+
+
+def _sequence_sums(model, hidden: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                   average: bool) -> torch.Tensor:
+    """(rows,) Σ_t mask·log π(label_t) (ALGORITHMS.md §0), or the mean over the mask."""
+    total = labels_logps(model, hidden, labels, mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
 
 
 def completion_logps(model, batch: dict, *, average: bool = False,
                      temperature: float = 1.0) -> torch.Tensor:
     """(rows,) log π(completion | prompt): summed over completion tokens (or averaged)."""
-    logits, labels = _completion_logits(model, batch)
-    return sequence_logps(logits, labels, batch["completion_mask"].to(logits.device),
-                          average=average, temperature=temperature)
+    mask = batch["completion_mask"]
+    per_token = completion_token_logps(model, batch, temperature=temperature)
+    total = per_token.sum(-1)
+    return total / mask.to(total.device).sum(-1).clamp(min=1) if average else total
 
 
 def completion_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
-    """(rows, C) log π of each completion token (values off `completion_mask` are
-    meaningless); `temperature` as used for sampling, so ratios compare like with like."""
-    logits, labels = _completion_logits(model, batch)
-    return token_logps(logits, labels.masked_fill(~batch["completion_mask"].to(labels.device), 0),
-                       temperature)
-
-
-def _completion_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, C) log π of each completion token (0 off `completion_mask`); `temperature`
+    as used for sampling, so ratios compare like with like."""
     width_c = batch["completion_mask"].shape[1]
-    device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device),
-                logits_to_keep=width_c + 1, use_cache=False)
-    logits = out.logits[:, :-1]                                  # (rows, C, V): predict C tokens
+    _, hidden = forward_hidden(model, **_inputs(model, batch))
+    device = hidden.device
     labels = batch["input_ids"][:, batch["prompt_width"]:].to(device)   # (rows, C)
-    return logits, labels
+    return labels_logps(model, hidden[:, -(width_c + 1):-1], labels,    # predict C tokens
+                        batch["completion_mask"].to(device), temperature=temperature)
+
+
+def _inputs(model, batch: dict) -> dict:
+    device = next(model.parameters()).device
+    return {key: batch[key].to(device)
+            for key in ("input_ids", "attention_mask", "position_ids")}
 
 
 def collate_groups(prompt_ids: list[list[int]], groups: list[list[list[int]]],
@@ -256,9 +258,10 @@ def _rows(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: in
 
 
 def group_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
-    """(samples, C) log π of each completion token of a `collate_groups` batch."""
-    out = model(**_group_inputs(model, batch))
-    return _group_logps(out["logits"], batch, temperature)
+    """(samples, C) log π of each completion token of a `collate_groups` batch (0 off
+    `completion_mask`)."""
+    _, hidden = forward_hidden(model, **_inputs(model, batch))
+    return _group_logps(model, hidden, batch, temperature)
 
 
 def group_token_logps_as_sampled(model, batch: dict, *, temperature: float = 1.0,
@@ -266,30 +269,23 @@ def group_token_logps_as_sampled(model, batch: dict, *, temperature: float = 1.0
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward: (log π, log π as sampled), each (samples, C). The second is under the
     sampler's distribution (top-k / top-p filtered and renormalised), the number a rollout
-    engine reports for the tokens it drew; without filters the two are the same tensor."""
-    logits = model(**_group_inputs(model, batch))["logits"]
-    logps = _group_logps(logits, batch, temperature)
+    engine reports for the tokens it drew (no gradient: it is only ever used detached);
+    without filters the two are the same tensor."""
+    _, hidden = forward_hidden(model, **_inputs(model, batch))
+    logps = _group_logps(model, hidden, batch, temperature)
     if not top_k and top_p >= 1.0:
         return logps, logps
-    return logps, _group_logps(logits, batch, temperature, top_k, top_p)
+    return logps, _group_logps(model, hidden, batch, temperature, top_k, top_p)
 
 
 def group_logps_and_values(model, batch: dict, *, temperature: float = 1.0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(samples, C) log π and V(s_t) of each completion token, one forward of an
     `ActorCritic` module; V(s_t) is read where token t is predicted (the state before it)."""
-    out = model(**_group_inputs(model, batch))
-    return (_group_logps(out["logits"], batch, temperature),
-            select_completion_columns(out["values"], batch))
-
-
-def _group_inputs(model, batch: dict) -> dict:
     _, k, width_c = batch["group_layout"]
-    device = next(model.parameters()).device
-    return {"input_ids": batch["input_ids"].to(device),
-            "attention_mask": batch["attention_mask"].to(device),
-            "position_ids": batch["position_ids"].to(device),
-            "logits_to_keep": k * width_c + 1, "use_cache": False}
+    out, hidden = forward_hidden(model, **_inputs(model, batch), values_to_keep=k * width_c + 1)
+    return (_group_logps(model, hidden, batch, temperature),
+            select_completion_columns(out["values"], batch))
 
 
 def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -307,17 +303,17 @@ def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
     return kept[:, cols].reshape(n * k, width_c, *kept.shape[2:])[filled]
 
 
-def _group_logps(logits: torch.Tensor, batch: dict, temperature: float, top_k: int = 0,
-                 top_p: float = 1.0) -> torch.Tensor:
+def _group_logps(model, hidden: torch.Tensor, batch: dict, temperature: float,
+                 top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     _, k, width_c = batch["group_layout"]
-    device = logits.device
+    device = hidden.device
     labels = batch["input_ids"][:, -k * width_c:].to(device)                 # (n, k*C)
     n = labels.shape[0]
     filled = _filled(batch["group_sizes"], k).to(device)
     labels = labels.reshape(n * k, width_c)[filled]
-    mask = batch["completion_mask"].to(device)
-    return token_logps(select_completion_columns(logits, batch),
-                       labels.masked_fill(~mask, 0), temperature, top_k, top_p)
+    kept = select_completion_columns(hidden[:, -(k * width_c + 1):], batch)  # (samples, C, H)
+    return labels_logps(model, kept, labels, batch["completion_mask"].to(device),
+                        temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def _filled(sizes: list[int], k: int) -> torch.Tensor:
