@@ -189,3 +189,64 @@ def test_a_head_read_wrongly_is_refused(tiny_model_dir):
     odd.forward = doubled
     with pytest.raises(TrainingError, match="not its LM head applied"):
         forward_hidden(odd, input_ids=torch.tensor([[1, 2, 3]]))
+
+
+# --- packed layouts: prefix trees give the padded layouts' numbers -----------------------
+
+from alignment.trainers.sequences import (  # noqa: E402
+    collate_demonstrations,
+    collate_online,
+    collate_preference,
+    completion_states,
+)
+
+SYSTEM = [1, 2, 3, 4]
+LONG_PROMPTS = [SYSTEM + [5, 6], SYSTEM + [7], SYSTEM + [8, 9, 10]]
+
+
+def test_sft_packed_in_trees(model):
+    completions = [[20, 21, 22, 23], [24], [25, 26]]
+    rows = collate_demonstrations(LONG_PROMPTS, completions, 0, layout="rows")
+    tree = collate_demonstrations(LONG_PROMPTS, completions, 0, layout="tree")
+    assert rows.get("layout") is None and tree["layout"] == "tree"
+    assert tree["input_ids"].shape[0] == 1            # all three in one row, positions restart
+    assert tree["n_tokens"] == rows["n_tokens"] == 25
+    a, b = completion_token_logps(model, rows), completion_token_logps(model, tree)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    torch.testing.assert_close(_grads(model, b), _grads(model, completion_token_logps(model, rows)),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_online_tree_layout(model):
+    groups = [[[20, 21], [20, 22, 23]], [[24]], [[25, 26, 27], [25, 26], [28]]]
+    grouped = collate_online(LONG_PROMPTS, groups, 0, layout="grouped")
+    tree = collate_online(LONG_PROMPTS, groups, 0, layout="tree")
+    assert tree["layout"] == "tree" and torch.equal(tree["completion_mask"],
+                                                    grouped["completion_mask"])
+    a = group_token_logps(model, grouped, temperature=0.8)
+    b = group_token_logps(model, tree, temperature=0.8)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    torch.testing.assert_close(_grads(model, b), _grads(model, group_token_logps(
+        model, grouped, temperature=0.8)), rtol=1e-6, atol=1e-6)
+    # per-position outputs (a critic's values) come back in sample order for both
+    for batch in (grouped, tree):
+        positions = batch["position_ids"].double()          # (rows, width): a stand-in output
+        states = completion_states(positions, batch)
+        mask = batch["completion_mask"]
+        expected = [len(p) - 1 + torch.arange(len(c)).double()
+                    for p, g in zip(LONG_PROMPTS, groups, strict=True) for c in g]
+        for row, e in enumerate(expected):
+            assert torch.equal(states[row, :len(e)], e)
+        if batch["layout"] == "tree":
+            assert (states[~mask] == 0).all()
+
+
+def test_auto_layouts_pick_trees_when_they_save_work():
+    shared = list(range(100, 160))                   # a long system prompt every row shares
+    prompts = [shared + [i] for i in range(8)]
+    answers = [[200 + i] * (3 + i) for i in range(8)]
+    assert collate_preference(prompts, answers, answers[::-1], 0)["layout"] == "tree"
+    assert collate_demonstrations(prompts, answers, 0)["layout"] == "tree"
+    assert collate_online(prompts, [[a, a[:2]] for a in answers], 0)["layout"] == "tree"
+    # an empty prompt (implicit-prompt data) cannot be a tree's root: padded rows instead
+    assert collate_preference([[]] + prompts[1:], answers, answers, 0).get("layout") is None

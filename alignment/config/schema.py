@@ -114,11 +114,12 @@ class OnlineConfig:
                                 ge=0)
     mask_truncated: bool = param(False, "exclude samples that hit max_new_tokens from the "
                                  "loss (DAPO's overlong filtering)")
-    layout: Literal["auto", "grouped", "separate"] = param(
+    layout: Literal["auto", "grouped", "separate", "tree"] = param(
         "auto", "training forward of a micro-batch: grouped = one row per prompt with its "
         "samples after it (prompt computed once; 4-D mask, width prompt + k x longest "
-        "completion), separate = one row per sample, auto = whichever is predicted cheaper "
-        "for each micro-batch (bench/RESULTS.md); same log-probs either way")
+        "completion), separate = one row per sample, tree = prefix trees (several groups "
+        "per row, every shared token once, no padding), auto = whichever is predicted "
+        "cheapest for each micro-batch (bench/RESULTS.md); same log-probs either way")
 
 
 @dataclass

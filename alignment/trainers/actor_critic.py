@@ -34,9 +34,9 @@ from alignment.losses.ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_val
 from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, PromptExample, RoundStats, Sample
 from alignment.trainers.sequences import (
+    completion_states,
     group_logps_and_values,
     group_token_logps_as_sampled,
-    select_completion_columns,
 )
 from alignment.value_model import (
     ActorCritic,
@@ -174,12 +174,12 @@ class ActorCriticTrainer(OnlineTrainer):
         return self._rollout_metrics(batches, seq_kl, var)
 
     def _values(self, batch: dict) -> torch.Tensor:
-        _, k, width_c = batch["group_layout"]
         device = next(self.critic.parameters()).device
-        kept = token_values(self.critic, input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device),
-                            position_ids=batch["position_ids"].to(device), keep=k * width_c + 1)
-        return select_completion_columns(kept, batch)
+        values = token_values(self.critic, input_ids=batch["input_ids"].to(device),
+                              attention_mask=batch["attention_mask"].to(device),
+                              position_ids=batch["position_ids"].to(device),
+                              keep=batch["input_ids"].shape[1])
+        return completion_states(values, batch)
 
     def _global_mean_var(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
         """Mean and population variance of the masked entries over every process."""

@@ -254,9 +254,9 @@ class OnlineTrainer(EngineSetup, Trainer):
                 f.writelines(json.dumps(e) + "\n" for e in info.examples)
         metrics.update({"step_seconds": seconds, "tokens": tokens,
                         "tokens_per_s": tokens / seconds, "samples": n_samples,
-                        # share of this process's micro-batches in the grouped layout
-                        "layout/grouped": sum(b["layout"] == "grouped" for b in batches)
-                        / len(batches),
+                        # shares of this process's micro-batches in each packed layout
+                        **{f"layout/{name}": sum(b["layout"] == name for b in batches)
+                           / len(batches) for name in ("grouped", "tree")},
                         "epoch": (self.step + 1) / self.steps_per_epoch})
         if self.gaps:
             metrics["rollout/logprob_gap_mean"] = sum(g[0] for g in self.gaps) / len(self.gaps)

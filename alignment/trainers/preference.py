@@ -28,7 +28,7 @@ from alignment.data.prepare import MappedRows
 from alignment.models import load_causal_lm, resolve_model
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer
-from alignment.trainers.sequences import collate_pairs, pair_logps
+from alignment.trainers.sequences import attention_width, collate_preference, pair_logps
 
 
 @dataclass
@@ -74,8 +74,7 @@ class PreferenceTrainer(PairData, Trainer):
 
     # ------------------------------------------------------------------ data
     def collate(self, pairs: list[Pair], split: str = "train") -> dict:
-        batch = collate_pairs([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
-                              [p.rejected_ids for p in pairs], self.tokenizer.pad_token_id)
+        batch = self._collate_pairs(pairs)
         if self.reference_mode == "precompute":
             table = self._ref_table[split]                      # (N, 2): chosen, rejected
             idx = torch.tensor([p.index for p in pairs])
@@ -83,6 +82,12 @@ class PreferenceTrainer(PairData, Trainer):
         if pairs[0].rewards is not None:
             batch["pair_rewards"] = torch.tensor([p.rewards for p in pairs], dtype=torch.float64)
         return batch
+
+    def _collate_pairs(self, pairs: list[Pair]) -> dict:
+        """Rows of pairs or prefix trees, whichever the cost rule predicts cheaper."""
+        return collate_preference([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                                  [p.rejected_ids for p in pairs], self.tokenizer.pad_token_id,
+                                  width0=attention_width(self.policy.config))
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -152,8 +157,7 @@ class PreferenceTrainer(PairData, Trainer):
         size = max(self.cfg.batch_size, 16)
         for idx, counted in self.eval_share(batching.eval_batches(lengths, size)):
             chunk = [pairs[i] for i in idx]
-            batch = collate_pairs([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk],
-                                  [p.rejected_ids for p in chunk], self.tokenizer.pad_token_id)
+            batch = self._collate_pairs(chunk)
             logps = self._table_logps(batch).double().cpu()
             if not counted:   # a repeated batch that only keeps ZeRO-3 processes in step
                 continue

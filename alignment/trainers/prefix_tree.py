@@ -39,16 +39,26 @@ ROW_COST_TOKENS = 2048   # the T at which a row's attention costs as much as the
                          # (1850 measured on a 2-core CPU; noise hides 1024 vs 4096)
 
 
-def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
-                      rejected_ids: list[list[int]], pad_id: int, *,
-                      rows: int | None = None) -> dict:
-    """Pairs (prompt, chosen, rejected) as prefix-tree rows; `pair_tree_logps` reads the
-    (2n,) log-probs [chosen_1..n, rejected_1..n] of the completions given their prompts.
-    `rows` fixes the number of rows (default: the cheapest, see the module doc)."""
+def collate_tree(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: int, *,
+                 rows: int | None = None, width0: float = ROW_COST_TOKENS,
+                 sequence_ids: list[list[int]] | None = None) -> dict:
+    """Prompts, each with its completions (`groups[i]`, any number), as prefix-tree rows.
+
+    Completion j of prompt i is sequence `sequence_ids[i][j]` (default: numbered in group
+    order). Besides the model inputs, the batch lists every scored token: its row, the node
+    that predicts it (`scored_parent`), its id, its sequence and its index in that
+    completion; `completion_mask` (sequences, longest completion) says which slots exist.
+    `rows` fixes the number of rows; by default the cheapest count R from {1, 2, 4, ...}:
+    cost R·T·(1 + T/width0) for rows of T tokens (`cost` in the batch)."""
     n = len(prompt_ids)
     if any(not p for p in prompt_ids):
-        raise ValueError("collate_pair_tree: an empty prompt (the first completion token "
-                         "needs a token before it to be predicted from)")
+        raise ValueError("collate_tree: an empty prompt (the first completion token needs a "
+                         "token before it to be predicted from)")
+    if sequence_ids is None:
+        first = [0]
+        for g in groups:
+            first.append(first[-1] + len(g))
+        sequence_ids = [list(range(first[i], first[i + 1])) for i in range(n)]
     order = sorted(range(n), key=lambda i: prompt_ids[i])
     best = None
     for count in [min(rows, n)] if rows else [2 ** k for k in range(n.bit_length())]:
@@ -56,14 +66,35 @@ def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
         trees = [_Tree() for _ in chunks]
         for tree, chunk in zip(trees, chunks, strict=True):
             for i in chunk:
-                tree.insert(prompt_ids[i], chosen_ids[i], i)
-                tree.insert(prompt_ids[i], rejected_ids[i], n + i)
+                for completion, sequence in zip(groups[i], sequence_ids[i], strict=True):
+                    tree.insert(prompt_ids[i], completion, sequence)
         width = max(len(t.tokens) for t in trees)
-        cost = count * width * (1 + width / ROW_COST_TOKENS)
+        cost = count * width * (1 + width / width0)
         if best is None or cost < best[0]:
             best = (cost, trees, width)
-    _, trees, width = best
+    cost, trees, width = best
     batch = _layout(trees, width, pad_id)
+    lengths = {s: len(c) for g, ids in zip(groups, sequence_ids, strict=True)
+               for c, s in zip(g, ids, strict=True)}
+    count = max(lengths, default=-1) + 1
+    mask = torch.zeros((count, max(lengths.values(), default=0)), dtype=torch.bool)
+    for s, length in lengths.items():
+        mask[s, :length] = True
+    batch.update(completion_mask=mask, n_sequences=count, cost=cost)
+    return batch
+
+
+def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
+                      rejected_ids: list[list[int]], pad_id: int, *,
+                      rows: int | None = None, width0: float = ROW_COST_TOKENS) -> dict:
+    """Pairs (prompt, chosen, rejected) as prefix-tree rows; `pair_tree_logps` reads the
+    (2n,) log-probs [chosen_1..n, rejected_1..n] of the completions given their prompts.
+    `rows` fixes the number of rows (default: the cheapest, see `collate_tree`)."""
+    n = len(prompt_ids)
+    batch = collate_tree(prompt_ids, [[c, r] for c, r in zip(chosen_ids, rejected_ids,
+                                                              strict=True)],
+                         pad_id, rows=rows, width0=width0,
+                         sequence_ids=[[i, n + i] for i in range(n)])
     batch["n_pairs"] = n
     # tokens of the two sequences prompt+chosen and prompt+rejected (what a trainer
     # without sharing processes): comparable across trainers and layouts
@@ -72,15 +103,38 @@ def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
     return batch
 
 
+def tree_token_logps(model, batch: dict, hidden: torch.Tensor | None = None, *,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                     ) -> torch.Tensor:
+    """(scored tokens,) log π of every scored token of a tree batch, each read at the node
+    that predicts it; `hidden` the final hidden states if the forward already ran."""
+    if hidden is None:
+        _, hidden = forward_hidden(model, **tree_inputs(model, batch))
+    device = hidden.device
+    rows, parents = batch["scored_row"].to(device), batch["scored_parent"].to(device)
+    # only the positions that are scored reach the LM head
+    return labels_logps(model, hidden[rows, parents], batch["scored_token"].to(device),
+                        temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def tree_inputs(model, batch: dict) -> dict:
+    device = next(model.parameters()).device
+    return {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids")}
+
+
+def per_sequence(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """(scored tokens, ...) -> (sequences, longest completion, ...), zeros off the mask."""
+    device = values.device
+    out = values.new_zeros((*batch["completion_mask"].shape, *values.shape[1:]))
+    return out.index_put((batch["scored_sequence"].to(device),
+                          batch["scored_index"].to(device)), values)
+
+
 def pair_tree_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
     """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pair_tree` batch: the
     sum (or, with `average`, the mean) over each completion's tokens."""
-    device = next(model.parameters()).device
-    _, hidden = forward_hidden(model, **{key: batch[key].to(device) for key in
-                                         ("input_ids", "attention_mask", "position_ids")})
-    rows, parents = batch["scored_row"].to(device), batch["scored_parent"].to(device)
-    # only the positions that are scored reach the LM head
-    per_token = labels_logps(model, hidden[rows, parents], batch["scored_token"].to(device))
+    per_token = tree_token_logps(model, batch)
+    device = per_token.device
     sequence = batch["scored_sequence"].to(device)
     n = 2 * batch["n_pairs"]
     sums = torch.zeros(n, dtype=per_token.dtype, device=device).index_add(0, sequence, per_token)
@@ -100,7 +154,8 @@ class _Tree:
         self.parent: list[int] = []
         self.depth: list[int] = []
         self.children: dict[tuple[int, int], int] = {}
-        self.scored: list[tuple[int, int, int]] = []   # (parent node, token, sequence)
+        self.scored: list[tuple[int, int, int, int]] = []   # (parent node, token,
+                                                             #  sequence, index in it)
 
     def insert(self, prompt: list[int], completion: list[int], sequence: int) -> None:
         """Add prompt + completion; a sequence's last token gets no node of its own (it is
@@ -109,7 +164,7 @@ class _Tree:
         node = -1
         for depth, token in enumerate(tokens):
             if depth >= len(prompt):
-                self.scored.append((node, token, sequence))
+                self.scored.append((node, token, sequence, depth - len(prompt)))
             if depth == len(tokens) - 1:
                 break
             child = self.children.get((node, token))
@@ -126,7 +181,7 @@ def _layout(trees: list[_Tree], width: int, pad_id: int) -> dict:
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((rows, width), dtype=torch.long)
     visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)   # padding: itself only
-    scored_row, scored_parent, scored_token, scored_sequence = [], [], [], []
+    scored = []   # (row, parent, token, sequence, index)
     for r, tree in enumerate(trees):
         size = len(tree.tokens)
         input_ids[r, :size] = torch.tensor(tree.tokens)
@@ -135,13 +190,9 @@ def _layout(trees: list[_Tree], width: int, pad_id: int) -> dict:
         for node, parent in enumerate(tree.parent):   # a node sees its parent's view + itself
             if parent >= 0:
                 mask[node] |= mask[parent]
-        for parent, token, sequence in tree.scored:
-            scored_row.append(r)
-            scored_parent.append(parent)
-            scored_token.append(token)
-            scored_sequence.append(sequence)
+        scored += [(r, *entry) for entry in tree.scored]
     return {"input_ids": input_ids, "attention_mask": visible[:, None],   # (R, 1, T, T)
             "position_ids": position_ids, "layout": "tree",
-            "scored_row": torch.tensor(scored_row), "scored_parent": torch.tensor(scored_parent),
-            "scored_token": torch.tensor(scored_token),
-            "scored_sequence": torch.tensor(scored_sequence)}
+            **{f"scored_{name}": column for name, column in zip(
+                ("row", "parent", "token", "sequence", "index"),
+                torch.tensor(scored, dtype=torch.long).view(-1, 5).T, strict=True)}}

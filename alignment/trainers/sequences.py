@@ -22,7 +22,19 @@ from __future__ import annotations
 import torch
 
 from alignment.model_logps import forward_hidden, labels_logps
-from alignment.trainers.prefix_tree import pair_tree_logps
+from alignment.trainers.prefix_tree import (
+    collate_pair_tree,
+    collate_tree,
+    pair_tree_logps,
+    per_sequence,
+    tree_token_logps,
+)
+
+# Attention under a dense mask gets about half the work per second of the big matmuls:
+# the crossover width measured on the bundled model on CPU (1,526, bench/group_layout.py)
+# over the one its FLOPs give (3,072, `attention_width`).
+ATTENTION_EFFICIENCY = 0.5
+BUNDLED_ATTENTION_WIDTH = 1536.0   # attention_width() of SmolLM2-135M
 
 
 def collate_sequences(prompts: list[list[int]], completions: list[list[int]],
@@ -43,6 +55,23 @@ def collate_sequences(prompts: list[list[int]], completions: list[list[int]],
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "position_ids": position_ids, "completion_mask": completion_mask,
             "prompt_width": width_p, "n_tokens": int(attention_mask.sum())}
+
+
+def collate_demonstrations(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                           *, layout: str = "auto",
+                           width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
+    """(prompt, completion) rows as `collate_sequences` ("rows") or packed as prefix trees
+    ("tree": several sequences per row, positions restarting, a shared system prompt or
+    prompt computed once, no padding); "auto": the cheaper by the cost rule. Same
+    log-probs either way (`completion_token_logps`)."""
+    if layout in ("auto", "tree") and all(prompts):
+        tree = collate_tree(prompts, [[c] for c in completions], pad_id, width0=width0)
+        width = max(map(len, prompts)) + max(map(len, completions))
+        if layout == "tree" or tree["cost"] <= len(prompts) * width * (1 + width / width0):
+            tree["n_tokens"] = sum(len(p) + len(c) for p, c in zip(prompts, completions,
+                                                                   strict=True))
+            return tree
+    return collate_sequences(prompts, completions, pad_id)
 
 
 def collate_pairs(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
@@ -89,6 +118,22 @@ def collate_pairs(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
                             for p, c, r in zip(prompt_ids, chosen_ids, rejected_ids, strict=True))}
 
 
+def collate_preference(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
+                       rejected_ids: list[list[int]], pad_id: int, *, layout: str = "auto",
+                       width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
+    """Preference pairs as `collate_pairs` rows ("pairs") or prefix trees ("tree", every
+    token any sequences share computed once, no padding); "auto": whichever the cost rule
+    (`layout_costs`) predicts cheaper. Same log-probs either way (`pair_logps`)."""
+    if layout in ("auto", "tree") and all(prompt_ids):
+        tree = collate_pair_tree(prompt_ids, chosen_ids, rejected_ids, pad_id, width0=width0)
+        rows = len(prompt_ids)
+        width = (max(map(len, prompt_ids)) + max(map(len, chosen_ids))
+                 + max(map(len, rejected_ids)))
+        if layout == "tree" or tree["cost"] <= rows * width * (1 + width / width0):
+            return tree
+    return collate_pairs(prompt_ids, chosen_ids, rejected_ids, pad_id)
+
+
 def pair_logps(model, batch: dict, *, average: bool = False) -> torch.Tensor:
     """(2n,) log π of [chosen_1..n, rejected_1..n] for a `collate_pairs` batch (or a
     `collate_pair_tree` one: the same numbers)."""
@@ -129,6 +174,8 @@ def completion_logps(model, batch: dict, *, average: bool = False,
 def completion_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.Tensor:
     """(rows, C) log π of each completion token (0 off `completion_mask`); `temperature`
     as used for sampling, so ratios compare like with like."""
+    if batch.get("layout") == "tree":
+        return per_sequence(tree_token_logps(model, batch, temperature=temperature), batch)
     width_c = batch["completion_mask"].shape[1]
     _, hidden = forward_hidden(model, **_inputs(model, batch))
     device = hidden.device
@@ -175,11 +222,6 @@ def collate_separate(prompt_ids: list[list[int]], groups: list[list[list[int]]],
     return {**batch, "attention_mask": (segment != 0).long(), "layout": "separate"}
 
 
-# Attention under a dense mask gets about half the work per second of the big matmuls:
-# the crossover width measured on the bundled model on CPU (1,526, bench/group_layout.py)
-# over the one its FLOPs give (3,072, `attention_width`).
-ATTENTION_EFFICIENCY = 0.5
-BUNDLED_ATTENTION_WIDTH = 1536.0   # attention_width() of SmolLM2-135M
 
 
 def attention_width(config) -> float:
@@ -198,10 +240,10 @@ def attention_width(config) -> float:
 
 def layout_costs(prompt_ids: list[list[int]], groups: list[list[list[int]]],
                  width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
-    """Predicted forward+backward cost of the two layouts: rows x width x (1 + width / W0),
-    W0 = `attention_width`. Both pad every completion to the batch's longest (C); grouped
-    saves the prompt's repeats, but its rows are k completions wide and attention grows
-    with the width."""
+    """Predicted forward+backward cost of the padded layouts: rows x width x (1 + width /
+    W0), W0 = `attention_width`. Both pad every completion to the batch's longest (C);
+    grouped saves the prompt's repeats, but its rows are k completions wide and attention
+    grows with the width. (The tree layout's cost is `collate_tree`'s, in the same units.)"""
     width_p = max(len(p) for p in prompt_ids)
     width_c = max(max((len(c) for c in g), default=1) for g in groups)
     k = max(len(g) for g in groups)
@@ -216,13 +258,29 @@ def layout_costs(prompt_ids: list[list[int]], groups: list[list[list[int]]],
 def collate_online(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: int,
                    layout: str = "auto", width0: float = BUNDLED_ATTENTION_WIDTH
                    ) -> dict[str, torch.Tensor]:
-    """`collate_groups` or `collate_separate`; `auto`: whichever `layout_costs` predicts
-    is cheaper for this batch (grouped on a tie). Same log-probs either way."""
+    """`collate_groups`, `collate_separate` or `collate_online_tree`; `auto`: whichever is
+    predicted cheapest for this batch (grouped on a tie with separate). Same log-probs."""
+    if layout in ("auto", "tree"):
+        tree = collate_online_tree(prompt_ids, groups, pad_id, width0)
+        if layout == "tree" or tree["cost"] < min(layout_costs(prompt_ids, groups,
+                                                               width0).values()):
+            return tree
     if layout == "auto":
         costs = layout_costs(prompt_ids, groups, width0)
         layout = "separate" if costs["separate"] < costs["grouped"] else "grouped"
     collate = {"grouped": collate_groups, "separate": collate_separate}[layout]
     return collate(prompt_ids, groups, pad_id)
+
+
+def collate_online_tree(prompt_ids: list[list[int]], groups: list[list[list[int]]],
+                        pad_id: int, width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
+    """The samples as prefix trees (`collate_tree`): several groups per row, each prompt
+    once, no padding, restarting positions; the keys the `group_*` readers need."""
+    batch = collate_tree(prompt_ids, groups, pad_id, width0=width0)
+    batch["group_sizes"] = [len(g) for g in groups]
+    batch["n_tokens"] = sum(len(p) * len(g) + sum(len(c) for c in g)
+                            for p, g in zip(prompt_ids, groups, strict=True))
+    return batch
 
 
 def _rows(prompt_ids: list[list[int]], groups: list[list[list[int]]], pad_id: int) -> dict:
@@ -282,10 +340,22 @@ def group_logps_and_values(model, batch: dict, *, temperature: float = 1.0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(samples, C) log π and V(s_t) of each completion token, one forward of an
     `ActorCritic` module; V(s_t) is read where token t is predicted (the state before it)."""
-    _, k, width_c = batch["group_layout"]
-    out, hidden = forward_hidden(model, **_inputs(model, batch), values_to_keep=k * width_c + 1)
+    width = batch["input_ids"].shape[1]
+    out, hidden = forward_hidden(model, **_inputs(model, batch), values_to_keep=width)
     return (_group_logps(model, hidden, batch, temperature),
-            select_completion_columns(out["values"], batch))
+            completion_states(out["values"], batch))
+
+
+def completion_states(per_position: torch.Tensor, batch: dict) -> torch.Tensor:
+    """(rows, width, ...) outputs at every position of an online batch -> (samples, C,
+    ...): the output at the position that predicts each completion token (0 off the
+    completion mask for trees), in any layout."""
+    if batch.get("layout") == "tree":
+        device = per_position.device
+        picked = per_position[batch["scored_row"].to(device), batch["scored_parent"].to(device)]
+        return per_sequence(picked, batch)
+    _, k, width_c = batch["group_layout"]
+    return select_completion_columns(per_position[:, -(k * width_c + 1):], batch)
 
 
 def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -305,6 +375,9 @@ def select_completion_columns(kept: torch.Tensor, batch: dict) -> torch.Tensor:
 
 def _group_logps(model, hidden: torch.Tensor, batch: dict, temperature: float,
                  top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    if batch.get("layout") == "tree":
+        return per_sequence(tree_token_logps(model, batch, hidden, temperature=temperature,
+                                             top_k=top_k, top_p=top_p), batch)
     _, k, width_c = batch["group_layout"]
     device = hidden.device
     labels = batch["input_ids"][:, -k * width_c:].to(device)                 # (n, k*C)

@@ -21,7 +21,11 @@ from alignment.losses import sft_loss
 from alignment.models import stop_token_ids
 from alignment.trainers.base import Trainer
 from alignment.trainers.preference import Pair
-from alignment.trainers.sequences import collate_sequences, completion_token_logps
+from alignment.trainers.sequences import (
+    attention_width,
+    collate_demonstrations,
+    completion_token_logps,
+)
 
 
 def read_demonstrations(trainer, path, limit: int | None, split: str = "train",
@@ -54,8 +58,9 @@ class SFTTrainer(Trainer):
         return len(demo.prompt_ids) + len(demo.chosen_ids)
 
     def collate(self, demos: list[Pair], split: str = "train") -> dict:
-        return collate_sequences([d.prompt_ids for d in demos], [d.chosen_ids for d in demos],
-                                 self.tokenizer.pad_token_id)
+        return collate_demonstrations([d.prompt_ids for d in demos],
+                                      [d.chosen_ids for d in demos], self.tokenizer.pad_token_id,
+                                      width0=attention_width(self.policy.config))
 
     def batch_weight(self, batch: dict) -> float:
         return float(batch["completion_mask"].sum())   # a token mean across micro-batches
