@@ -50,7 +50,10 @@ default runs the set below; every one tried is printed, a refused one as "refuse
         tokens (batch x max_length): the epoch has fewer, larger steps.
   GRPO  weights; gc | nogc (HF generate: TRL's fastest on this CPU, bench/grpo_vs_trl.py).
         Default: bf16-nogc, bf16-gc.
-Ours runs with `model.gradient_checkpointing` false and true (its memory/speed trade-off).
+Ours runs with `model.gradient_checkpointing` false and true (its memory/speed trade-off),
+bf16 weights and `trainer.optimizer` adamw (fp32 master copies and moments: 18 bytes per
+parameter at the step, against TRL's pure-bf16 AdamW at ~8) or, with --our-optimizer,
+adamw_kahan (no fp32 copy, 10 bytes per parameter).
 
 Model FLOPs (what "achieved FLOP/s" counts; the same count for both sides, whatever work
 a trainer skips or repeats):
@@ -154,6 +157,7 @@ def model_folder(name: str) -> str:
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp.chmod(0o755)   # mkdtemp's 0700 would hide the model from other users of the cache
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, target)   # atomic: a killed build leaves no half folder under the name
@@ -353,8 +357,11 @@ def run_trl(spec: dict) -> dict:
         elif part == "sft":
             config = SFTConfig(**common, learning_rate=5e-6, num_train_epochs=1,
                                per_device_train_batch_size=spec["batch"],
-                               max_length=spec["max_length"], padding_free=opt["pf"],
-                               packing=opt["pack"])
+                               # padding-free without packing refuses a max_length
+                               # ("not enforced"); the rows already fit it
+                               max_length=None if opt["pf"] and not opt["pack"]
+                               else spec["max_length"],
+                               padding_free=opt["pf"], packing=opt["pack"])
             dataset = rows
         else:
             config = GRPOConfig(
@@ -414,7 +421,7 @@ def run_ours(spec: dict) -> dict:
                  "max_prompt_length": spec["max_prompt_length"]},
         "trainer": {"lr": 5e-6, "batch_size": spec["batch"], "epochs": 1,
                     "scheduler": "constant", "save_every": None, "seed": 0,
-                    "threads": spec["threads"]},
+                    "threads": spec["threads"], "optimizer": spec["optimizer"]},
         "eval": {"before_after": False},
         "logging": {"report_to": [], "progress_bar": False},
     }
@@ -523,12 +530,12 @@ def run_point(part: str, model: str, length: int, args, gemm: dict) -> dict:
                 f"{sum(counted['prompt_tokens']) / len(rows):.0f})")
     print(f"\n== {head}, {args.threads} threads, N = {arch['n_matmul'] / 1e6:.0f}M matmul "
           f"parameters", flush=True)
-    unit = "s/step" if part == "grpo" else "tok/s"
-    print(f"{'trainer':<28}{unit:>9}{'s/step':>8}{'peak GB':>9}{'GFLOP/s':>9}{'share':>7}",
-          flush=True)
+    speed_head = f"{'s/step':>9}{'1st':>8}" if part == "grpo" else f"{'tok/s':>9}{'s/step':>8}"
+    print(f"{'trainer':<28}{speed_head}{'peak GB':>9}{'GFLOP/s':>9}{'share':>7}", flush=True)
     base = {"part": part, "model": folder, "data": data, "steps": args.steps, "batch": batch,
-            "threads": args.threads, "backend": args.our_backend, **spec_extra}
-    configs = args.trl_configs.get(part) or DEFAULT_TRL[part]
+            "threads": args.threads, "backend": args.our_backend,
+            "optimizer": args.our_optimizer, **spec_extra}
+    configs = args.trl_configs.get(part, [])
     runs = [("trl", c) for c in configs] + [("ours", "nogc"), ("ours", "gc")]
     results = {}
     for which, config in runs:
@@ -609,12 +616,15 @@ def main() -> None:
                    help=f"DPO pairs / SFT rows per step (default: ~{TOKENS_PER_STEP} tokens "
                         "per step)")
     p.add_argument("--trl-configs", default="default",
-                   help="'default', 'all', or comma-separated names, e.g. "
+                   help="'default', 'all', 'none' (ours only), or comma-separated names, e.g. "
                         "dpo:bf16-nogc-pre,sft:bf16-nogc-pack (a name without 'part:' goes "
                         "to every part)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--our-backend", choices=["auto", "vllm", "hf"], default="auto",
                    help="our GRPO rollout.backend (TRL: HF generate)")
+    p.add_argument("--our-optimizer", choices=["adamw", "adamw_kahan"], default="adamw",
+                   help="our trainer.optimizer (adamw: fp32 master copy, 18 bytes/parameter "
+                        "at the step; adamw_kahan: none, 10 bytes/parameter)")
     p.add_argument("--json", help="write the results here (after every point)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -624,8 +634,8 @@ def main() -> None:
     models, parts = args.models.split(","), args.parts.split(",")
     if bad := (set(models) - set(MODELS)) | (set(parts) - set(PARTS)):
         p.error(f"unknown {sorted(bad)}; models: {', '.join(MODELS)}; parts: {', '.join(PARTS)}")
-    if args.trl_configs in ("default", "all"):
-        args.trl_configs = dict(DEFAULT_TRL if args.trl_configs == "default" else ALL_TRL)
+    if args.trl_configs in ("default", "all", "none"):
+        args.trl_configs = {"default": DEFAULT_TRL, "all": ALL_TRL, "none": {}}[args.trl_configs]
     else:
         chosen: dict[str, list[str]] = {}
         for item in args.trl_configs.split(","):
@@ -648,7 +658,8 @@ def main() -> None:
           f"{gemm['fp32'] / 1e9:.0f} GFLOP/s (best of 3)", flush=True)
     results: dict = {"config": {"threads": args.threads, "cpu_flags": flags, "steps": args.steps,
                                 "trl_configs": args.trl_configs, "gemm_before": gemm,
-                                "our_backend": args.our_backend}}
+                                "our_backend": args.our_backend,
+                                "our_optimizer": args.our_optimizer}}
     for part in parts:
         lengths = args.grpo_tokens if part == "grpo" else args.lengths
         for model in models:
