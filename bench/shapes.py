@@ -67,9 +67,10 @@ a trainer skips or repeats):
   SFT  per sequence: 6 N T + 3 A(T)
   GRPO per sample, T = prompt + completion (mean lengths): 2 N T + A(T) (generation:
        prefill and decode) + 6 N T + 3 A(T) (training forward and backward)
-Achieved = counted FLOPs / measured seconds; share = achieved / this CPU's bf16 GEMM
-throughput, measured in the same run (4096^3 torch.matmul, same threads, best of 3 before
-and after the trainers; fp32 alongside for reference).
+Achieved (GFLOP/s) = counted FLOPs / measured seconds; share = achieved / this CPU's bf16
+GEMM throughput (GEMM) measured right before that trainer's run (4096^3 torch.matmul, same
+threads, best of 3; also at the start and end, fp32 alongside for reference). A share is
+only as good as the machine was quiet: another job on the cores halves both.
 """
 
 from __future__ import annotations
@@ -291,13 +292,15 @@ def sequence_lengths(tokenizer, path: str, kind: str, max_length: int,
 
 
 # ---------------------------------------------------------------------- machine limit
-def gemm_throughput(threads: int, size: int = 4096, repeats: int = 3) -> dict:
-    """Best-of FLOP/s of one size^3 torch.matmul, bf16 and fp32."""
+def gemm_throughput(threads: int, dtypes=("bf16", "fp32"), size: int = 4096,
+                    repeats: int = 3) -> dict:
+    """Best-of FLOP/s of one size^3 torch.matmul per dtype."""
     import torch
 
     torch.set_num_threads(threads)
     out = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for name in dtypes:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         torch.matmul(a, b)   # warm-up: oneDNN picks its kernel on first use
         best = float("inf")
@@ -492,7 +495,7 @@ def launch(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- one point
-def run_point(part: str, model: str, length: int, args, gemm: dict) -> dict:
+def run_point(part: str, model: str, length: int, args) -> dict:
     from alignment.models import load_tokenizer
 
     folder = model_folder(model)
@@ -531,7 +534,8 @@ def run_point(part: str, model: str, length: int, args, gemm: dict) -> dict:
     print(f"\n== {head}, {args.threads} threads, N = {arch['n_matmul'] / 1e6:.0f}M matmul "
           f"parameters", flush=True)
     speed_head = f"{'s/step':>9}{'1st':>8}" if part == "grpo" else f"{'tok/s':>9}{'s/step':>8}"
-    print(f"{'trainer':<28}{speed_head}{'peak GB':>9}{'GFLOP/s':>9}{'share':>7}", flush=True)
+    print(f"{'trainer':<28}{speed_head}{'peak GB':>9}{'GFLOP/s':>9}{'GEMM':>6}{'share':>7}",
+          flush=True)
     base = {"part": part, "model": folder, "data": data, "steps": args.steps, "batch": batch,
             "threads": args.threads, "backend": args.our_backend,
             "optimizer": args.our_optimizer, **spec_extra}
@@ -540,7 +544,10 @@ def run_point(part: str, model: str, length: int, args, gemm: dict) -> dict:
     results = {}
     for which, config in runs:
         name = f"{which}-{config}"
+        # the limit right before each run: other work on the machine moves it
+        limit = gemm_throughput(args.threads, ("bf16",))["bf16"]
         r = launch({**base, "which": which, "config": config})
+        r["gemm_bf16"] = limit
         results[name] = r
         if "refused" in r or "failed" in r:
             print(f"{name:<28}{'refused' if 'refused' in r else 'FAILED'}: "
@@ -563,9 +570,9 @@ def run_point(part: str, model: str, length: int, args, gemm: dict) -> dict:
             r["flops_per_s"] = flops / r["seconds"]
             speed = f"{r['tokens_per_s']:>9.1f}{r['s_per_step']:>8.2f}"
             extra = f"  {len(steps)} steps" if len(steps) != args.steps else ""
-        r["gemm_share"] = r["flops_per_s"] / gemm["bf16"]
+        r["gemm_share"] = r["flops_per_s"] / limit
         print(f"{name:<28}{speed}{r['peak_rss_gb']:>9.2f}{r['flops_per_s'] / 1e9:>9.1f}"
-              f"{100 * r['gemm_share']:>6.1f}%{extra}", flush=True)
+              f"{limit / 1e9:>6.0f}{100 * r['gemm_share']:>6.1f}%{extra}", flush=True)
     shutil.rmtree(data_dir, ignore_errors=True)
     point = {"model": model, "length": length, "batch": batch, "runs": results,
              "n_matmul": arch["n_matmul"]}
@@ -664,14 +671,14 @@ def main() -> None:
         lengths = args.grpo_tokens if part == "grpo" else args.lengths
         for model in models:
             for length in map(int, lengths.split(",")):
-                point = run_point(part, model, length, args, gemm)
+                point = run_point(part, model, length, args)
                 results.setdefault(part, {})[f"{model}@{length}"] = point
                 if args.json:
                     write_json(Path(args.json), results)
     after = gemm_throughput(args.threads)
     results["config"]["gemm_after"] = after
     print(f"\n4096^3 matmul after the runs: bf16 {after['bf16'] / 1e9:.0f} GFLOP/s, fp32 "
-          f"{after['fp32'] / 1e9:.0f} GFLOP/s (shares above use the first measurement)")
+          f"{after['fp32'] / 1e9:.0f} GFLOP/s")
     if args.json:
         write_json(Path(args.json), results)
         print(f"wrote {args.json}")
