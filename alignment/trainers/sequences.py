@@ -1,20 +1,23 @@
 """Prompt + completion batches and their completion log-probabilities in ONE forward pass.
 
-Layout: every row is `[pad.. prompt | completion ..pad]`: prompts are LEFT-padded to the
-longest prompt P, completions RIGHT-padded to the longest completion C. All completions
-then start at the same column P, so the logits that predict them are the last C + 1
-columns minus the very last; `logits_to_keep=C + 1` makes the model apply its LM head
-(vocabulary 49k wide: a fifth of a 135M model's FLOPs per token) to those columns only,
-never to prompt tokens. Position ids count real tokens only, so left padding does not
-shift positions.
+Padded layouts: every row is `[pad.. prompt | completion ..pad]`: prompts LEFT-padded to
+the longest prompt P, completions RIGHT-padded to the longest completion C, so all
+completions start at column P. Position ids count real tokens only, so left padding does
+not shift positions. For preference pairs (`collate_pairs`) one row holds the prompt once
+and both completions, kept apart by a 4-D attention mask; online samples (G per prompt)
+come as `collate_groups` (a prompt once, its G completions after it under a 4-D mask) or
+`collate_separate` (a row per sample).
 
-For preference pairs (`collate_pairs`) the prompt is shared: one row per pair holds the
-prompt once and both completions, kept apart by a 4-D attention mask. Online samples
-(G per prompt) come in two layouts with the same keys and the same log-probs:
-`collate_groups` (a prompt once, its G completions after it under a 4-D mask) and
-`collate_separate` (a row per sample); `collate_online` picks the cheaper one per batch.
-Pairs can also be packed as prefix trees (`prefix_tree.collate_pair_tree`: every token
-any two sequences of the batch share computed once); `pair_logps` reads both layouts.
+Packed layouts: prefix trees (`prefix_tree.collate_tree`) hold several sequences per row,
+every token that any of them share (the prompt of a pair or group, a system prompt common
+to the batch) once, positions restarting, no padding at all. `collate_preference`,
+`collate_demonstrations` and `collate_online` pick a layout per batch by the cost rule
+(rows x width x (1 + width / `attention_width`)): the same log-probs either way.
+
+Every reader runs the model with the LM head on one position per row and reads the
+log-probs of the scored tokens from the final hidden states (`model_logps`): the head
+(vocabulary 49k-152k wide) never runs on prompt or padding positions, and the (tokens, V)
+logits are never held in memory.
 """
 
 from __future__ import annotations
