@@ -54,7 +54,13 @@ A configuration whose full logits would not fit in the memory available (plain /
 20 bytes per logit at peak) is skipped, not run into the OOM killer.
 
 Numbers in bench/fused_logps.json: 2026-12-07, AMD EPYC, 2 cores (avx512_bf16), torch 2.13
-CPU; a shared, noisy machine (other jobs running), so differences under ~10 % are noise.
+CPU; a shared, noisy machine (load average 3.5-7 on 2 cores from other jobs): the same
+point differed up to 3x between runs (plain, N=2048, Qwen head: 44-47 s, then 15.6 s), so
+compare rows of one run only. The file holds four runs: 0, the default grid killed after
+the N=2048 Qwen plain row (rows parsed from its log; peak RSS of ours / liger there still
+counted the input-making temporaries); 1, N=2048 Qwen with chunks 2**22-2**24; 2, N=8192
+plain / ours@2**23 / cce (plain at the Qwen head skipped: ~23 GB); 3, the N=2048 rerun
+of plain / ours@2**23 / liger / cce at lower load.
 """
 
 from __future__ import annotations
