@@ -3,6 +3,8 @@ uses it give the plain path's numbers and gradients (float64, exact to rounding)
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -250,3 +252,26 @@ def test_auto_layouts_pick_trees_when_they_save_work():
     assert collate_online(prompts, [[a, a[:2]] for a in answers], 0)["layout"] == "tree"
     # an empty prompt (implicit-prompt data) cannot be a tree's root: padded rows instead
     assert collate_preference([[]] + prompts[1:], answers, answers, 0).get("layout") is None
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on CPU needs a C++ compiler (without one: eager)")
+def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
+    """Above COMPILE_MIN_ELEMENTS the element-wise work runs through torch.compile (one
+    pass per block instead of several): the same numbers as eager to fp32 rounding."""
+    import alignment.losses.logps as logps
+
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(64, 16, generator=g, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 300, (64,), generator=g)
+    upstream = torch.randn(64, generator=g)
+    results = []
+    for minimum in (10**12, 0):                       # eager, then compiled
+        monkeypatch.setattr(logps, "COMPILE_MIN_ELEMENTS", minimum)
+        out = fused_token_logps(hidden, weight, labels, softcap=4.0, temperature=0.9,
+                                chunk_elements=1000)
+        results.append((out, *torch.autograd.grad((out * upstream).sum(), [hidden, weight])))
+    assert not logps._compiled.get("failed"), "torch.compile did not run here"
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

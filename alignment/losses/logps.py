@@ -6,6 +6,9 @@ IPO/TRL convention, averaged) over the response. Prompt tokens and padding are e
 the mask, never by the labels.
 """
 
+import os
+import warnings
+
 import torch
 
 
@@ -196,29 +199,88 @@ class _Head:
 
     def __init__(self, weight, bias, temperature, softcap, scale):
         self.weight, self.bias = weight, bias
-        self.temperature, self.softcap, self.scale = temperature, softcap, scale
+        self.temperature, self.softcap, self.scale = float(temperature), softcap, float(scale)
         self.dtype = torch.promote_types(weight.dtype, torch.float32)
 
-    def logits(self, hidden: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
-        """(n, v) logits of `hidden` against the vocabulary rows `rows`."""
+    def raw(self, hidden: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """(n, v) head outputs of `hidden` against the vocabulary rows `rows`, in the
+        weight's dtype (the matmul the model itself would do)."""
         raw = hidden @ self.weight[rows].T
-        if self.bias is not None:
-            raw = raw + self.bias[rows]
-        z = raw.to(self.dtype)
-        if self.scale != 1.0:
-            z = z * self.scale
-        if self.softcap:
-            z = torch.tanh(z / self.softcap) * self.softcap
-        return z / self.temperature
+        return raw if self.bias is None else raw + self.bias[rows]
 
-    def chain(self, grad_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """d loss / d raw from d loss / d z (in place on grad_z)."""
-        grad_z /= self.temperature
-        if self.softcap:   # d/dx c·tanh(x/c) = 1 - tanh², and tanh = z·T / c
-            grad_z *= 1 - (z * (self.temperature / self.softcap)) ** 2
-        if self.scale != 1.0:
-            grad_z *= self.scale
-        return grad_z
+    def logits(self, hidden: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        return _transform(self.raw(hidden, rows), self.scale, self.softcap, self.temperature)
+
+    @property
+    def transforms(self) -> tuple:
+        return self.scale, self.softcap, self.temperature
+
+
+def _transform(raw, scale, softcap, temperature):
+    z = raw.to(torch.promote_types(raw.dtype, torch.float32))
+    if scale != 1.0:
+        z = z * scale
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    return z / temperature if temperature != 1.0 else z
+
+
+def _forward_chunk(raw, labels, scale, softcap, temperature):
+    """(log p of each label, logsumexp) of a chunk of positions against the whole vocabulary."""
+    z = _transform(raw, scale, softcap, temperature)
+    lse = torch.logsumexp(z, dim=-1)
+    return z.gather(-1, labels[:, None]).squeeze(-1) - lse, lse
+
+
+def _backward_chunk(raw, lse, upstream, local_labels, scale, softcap, temperature):
+    """d loss / d raw for a chunk of the vocabulary: g·([j = label] − p_j) through the
+    temperature, soft-cap and scale (d/dx c·tanh(x/c) = 1 − tanh², tanh = z·T / c); a label
+    outside the chunk has local index −1. In the raw outputs' dtype, for the matmuls."""
+    z = _transform(raw, scale, softcap, temperature)
+    columns = torch.arange(z.shape[1], device=z.device)
+    onehot = (local_labels[:, None] == columns).to(z.dtype)
+    grad = upstream[:, None] * (onehot - torch.exp(z - lse[:, None]))
+    if temperature != 1.0:
+        grad = grad / temperature
+    if softcap:
+        grad = grad * (1 - (z * (temperature / softcap)) ** 2)
+    if scale != 1.0:
+        grad = grad * scale
+    return grad.to(raw.dtype)
+
+
+# The element-wise work around the head's matmuls (upcast, log-softmax, its gradient) is
+# several passes over each (chunk, V) block in eager mode; compiled it is one, which on a
+# 2-core CPU halves the head's time at 2k tokens (bench/RESULTS.md "Fused log-probs").
+# Compiling costs seconds once per process, so it is used only where a call's logits are
+# large; float64 (the tests' exactness checks) always runs eagerly.
+COMPILE_MIN_ELEMENTS = 1 << 26   # 64M logits: ~1,400 positions at 49k, ~440 at 152k
+_compiled: dict = {}
+
+
+def _kernels(elements: int, dtype: torch.dtype):
+    if (dtype == torch.float64 or elements < COMPILE_MIN_ELEMENTS
+            or os.environ.get("ALIGNMENT_COMPILE_HEAD", "1") == "0"
+            or _compiled.get("failed")):
+        return _forward_chunk, _backward_chunk
+    if not _compiled:
+        _compiled["forward"] = torch.compile(_forward_chunk, dynamic=True)
+        _compiled["backward"] = torch.compile(_backward_chunk, dynamic=True)
+    return _guarded("forward", _forward_chunk), _guarded("backward", _backward_chunk)
+
+
+def _guarded(name, eager):
+    def run(*args):
+        if _compiled.get("failed"):
+            return eager(*args)
+        try:
+            return _compiled[name](*args)
+        except Exception as error:   # no C++ compiler, an inductor bug: eager is correct
+            _compiled["failed"] = True
+            warnings.warn(f"fused_token_logps: torch.compile failed ({type(error).__name__}: "
+                          f"{str(error)[:200]}); running eagerly", stacklevel=2)
+            return eager(*args)
+    return run
 
 
 class _FusedLogps(torch.autograd.Function):
@@ -226,13 +288,13 @@ class _FusedLogps(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, head, chunk_elements):
         n, vocab = hidden.shape[0], weight.shape[0]
         step = max(1, chunk_elements // vocab)
+        forward_chunk, _ = _kernels(n * vocab, hidden.dtype)
         out = torch.empty(n, dtype=head.dtype, device=hidden.device)
         lse = torch.empty(n, dtype=head.dtype, device=hidden.device)
         for start in range(0, n, step):
             part = slice(start, start + step)
-            z = head.logits(hidden[part])                                 # (step, V)
-            lse[part] = torch.logsumexp(z, dim=-1)
-            out[part] = z.gather(-1, labels[part, None]).squeeze(-1) - lse[part]
+            out[part], lse[part] = forward_chunk(head.raw(hidden[part]), labels[part],
+                                                 *head.transforms)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.head, ctx.chunk_elements = head, chunk_elements
         return out
@@ -242,6 +304,7 @@ class _FusedLogps(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         head = ctx.head
         n, vocab = hidden.shape[0], weight.shape[0]
+        _, backward_chunk = _kernels(n * vocab, hidden.dtype)
         # d logp_i / d z_ij = [j = label_i] - p_ij: a chunk of the VOCABULARY at a time, so
         # each chunk's weight gradient is one full-N matmul (no cross-chunk accumulation).
         step = max(1, ctx.chunk_elements // max(n, 1))
@@ -249,14 +312,13 @@ class _FusedLogps(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] \
             else None
-        g = grad_out.to(head.dtype)[:, None]                               # (N, 1)
+        upstream = grad_out.to(head.dtype).contiguous()                  # (N,)
         for start in range(0, vocab, step):
             rows = slice(start, start + step)
-            z = head.logits(hidden, rows)                                  # (N, v)
-            grad_z = torch.exp(z - lse[:, None]).mul_(-g)                  # -g·p
-            inside = (labels >= start) & (labels < start + z.shape[1])
-            grad_z[inside, labels[inside] - start] += g[inside, 0]
-            grad_raw = head.chain(grad_z, z).to(hidden.dtype)              # (N, v)
+            raw = head.raw(hidden, rows)                                   # (N, v)
+            local = torch.where((labels >= start) & (labels < start + raw.shape[1]),
+                                labels - start, -1)
+            grad_raw = backward_chunk(raw, lse, upstream, local, *head.transforms)
             grad_hidden += (grad_raw @ weight[rows]).to(head.dtype)
             if grad_weight is not None:
                 grad_weight[rows] = grad_raw.T @ hidden
