@@ -96,6 +96,8 @@ def collate_pair_tree(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
                          pad_id, rows=rows, width0=width0,
                          sequence_ids=[[i, n + i] for i in range(n)])
     batch["n_pairs"] = n
+    # which completion tokens exist, as `collate_pairs` gives them (e.g. RPO's token counts)
+    batch["chosen_mask"], batch["rejected_mask"] = batch["completion_mask"].split(n)
     # tokens of the two sequences prompt+chosen and prompt+rejected (what a trainer
     # without sharing processes): comparable across trainers and layouts
     batch["n_tokens"] = sum(2 * len(p) + len(c) + len(r)
