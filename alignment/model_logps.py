@@ -47,7 +47,8 @@ def lm_head_parts(model) -> HeadParts:
     config = lm.config
     weight = getattr(head, "weight", None)
     plain = (type(head) is torch.nn.Linear and weight is not None and weight.dim() == 2
-             and weight.numel() > 0)   # a ZeRO-3 partition is an empty placeholder
+             and weight.numel() > 0    # a ZeRO-3 partition is an empty placeholder
+             and not head._forward_hooks and not head._forward_pre_hooks)   # hooks run
     scale = float(getattr(config, "logit_scale", None) or 1.0)
     if getattr(config, "logits_scaling", None):
         scale /= float(config.logits_scaling)
@@ -64,8 +65,7 @@ def forward_hidden(model, **inputs) -> tuple[object, torch.Tensor]:
     hidden = out["hidden_states"][-1]
     lm = causal_lm(model)
     if not getattr(lm, "_alignment_head_checked", False):
-        _check_head(model, out["logits"][:, -1], hidden[:, -1])
-        lm._alignment_head_checked = True
+        lm._alignment_head_checked = _check_head(model, out["logits"][:, -1], hidden[:, -1])
     return out, hidden
 
 
@@ -103,8 +103,10 @@ def _transform(logits: torch.Tensor, parts: HeadParts) -> torch.Tensor:
     return logits
 
 
-def _check_head(model, logits: torch.Tensor, hidden: torch.Tensor) -> None:
-    """The model's own logits at one position per row vs our reading of its head."""
+def _check_head(model, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
+    """The model's own logits at one position per row vs our reading of its head: True
+    when they agree, False when there is nothing to compare (non-finite values: the
+    trainer's own non-finite checks report those), an error when they differ."""
     with torch.no_grad():
         parts = lm_head_parts(model)
         ours = parts.module(hidden) if parts.weight is None else \
@@ -115,9 +117,12 @@ def _check_head(model, logits: torch.Tensor, hidden: torch.Tensor) -> None:
         full = dtypes <= {torch.float32, torch.float64}   # else bf16/fp16 rounding
         tolerance = (1e-4 if full else 5e-2) * (1.0 + theirs.abs().max().item())
         gap = (ours - theirs).abs().max().item()
+    if not (torch.isfinite(theirs).all() and torch.isfinite(ours).all()):
+        return False
     if not gap <= tolerance:
         name = type(causal_lm(model)).__name__
         raise TrainingError(
             f"{name}: its logits are not its LM head applied to its last hidden state "
             f"(max difference {gap:.3g} > {tolerance:.3g}); this model family's output "
             "head is not supported for log-probs yet")
+    return True

@@ -155,7 +155,10 @@ def test_rpo_adds_the_chosen_per_token_nll(tmp_path, models, pairs_file):
 
 
 def test_gradient_accumulation_is_exact(tmp_path, models, pairs_file):
-    """One step over 8 pairs: batch 8 = 4 x 2 accumulated = 2 x 4 accumulated."""
+    """One step over 8 pairs: batch 8 = 4 x 2 accumulated = 2 x 4 accumulated. (In pair
+    rows: 8, 4 and 2 pairs would otherwise get different layouts, whose attention kernels
+    differ by ~1e-7 in float64 — more than enough to flip Adam's first step on gradients
+    near zero; tests/test_fused_logps.py checks the layouts against each other.)"""
     params = []
     for batch_size, accum in [(8, 1), (4, 2), (2, 4)]:
         recipe = make_recipe(tmp_path / f"b{batch_size}", "dpo",
@@ -166,6 +169,7 @@ def test_gradient_accumulation_is_exact(tmp_path, models, pairs_file):
                                       "max_steps": 1, "lr": 1e-2, "save_every": None,
                                       "max_grad_norm": None})
         trainer = DPOTrainer(recipe)
+        trainer.layout = "rows"
         trainer.train()
         params.append(torch.cat([p.detach().flatten() for p in trainer.policy.parameters()]))
     torch.testing.assert_close(params[1], params[0], rtol=0, atol=1e-12)

@@ -62,6 +62,7 @@ class PairData:
 
 class PreferenceTrainer(PairData, Trainer):
     average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
+    layout = "auto"         # `collate_preference`'s: pair rows or prefix trees per batch
 
     @property
     @abc.abstractmethod
@@ -87,7 +88,7 @@ class PreferenceTrainer(PairData, Trainer):
         """Rows of pairs or prefix trees, whichever the cost rule predicts cheaper."""
         return collate_preference([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
                                   [p.rejected_ids for p in pairs], self.tokenizer.pad_token_id,
-                                  width0=attention_width(self.policy.config))
+                                  layout=self.layout, width0=attention_width(self.policy.config))
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:

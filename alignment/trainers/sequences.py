@@ -124,7 +124,7 @@ def collate_pairs(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
 def collate_preference(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
                        rejected_ids: list[list[int]], pad_id: int, *, layout: str = "auto",
                        width0: float = BUNDLED_ATTENTION_WIDTH) -> dict:
-    """Preference pairs as `collate_pairs` rows ("pairs") or prefix trees ("tree", every
+    """Preference pairs as `collate_pairs` rows ("rows") or prefix trees ("tree", every
     token any sequences share computed once, no padding); "auto": whichever the cost rule
     (`layout_costs`) predicts cheaper. Same log-probs either way (`pair_logps`)."""
     if layout in ("auto", "tree") and all(prompt_ids):
