@@ -603,6 +603,16 @@ def summarise(part: str, point: dict) -> None:
         print(f"ours / fastest TRL ({best}): {ratio:.2f}x {what}; peak RSS ours "
               f"{ours['peak_rss_gb']:.2f} GB vs {done[best]['peak_rss_gb']:.2f} GB (TRL's "
               f"lowest {done[lowest]['peak_rss_gb']:.2f} GB, {lowest})", flush=True)
+        if part != "grpo" and len(ours["step_seconds"]) > 1:
+            # a long run's rate: the steps after the first, one-time costs left out (the
+            # reference pass before training, compiling the LM-head kernels, warm-up)
+            per_step = {k: steady(done[k]["step_seconds"]) for k in [*trl, "ours-nogc"]
+                        if len(done[k]["step_seconds"]) > 1}
+            fastest = min((k for k in per_step if k != "ours-nogc"), key=per_step.get)
+            steady_ratio = per_step[fastest] / per_step["ours-nogc"]
+            point.update(steady_s_per_step=per_step, ours_over_fastest_trl_steady=steady_ratio)
+            print(f"steps after the first: ours {per_step['ours-nogc']:.2f} s/step vs "
+                  f"{per_step[fastest]:.2f} ({fastest}): {steady_ratio:.2f}x", flush=True)
     if ours and ours_gc:
         slower = ours_gc["s_per_step"] / ours["s_per_step"]
         saved = ours["peak_rss_gb"] - ours_gc["peak_rss_gb"]
