@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.config import ConfigError, Recipe
-from alignment.config.schema import CRITIC
 from alignment.errors import not_utf8
 
 CPU_DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
-SUPPORTED = (*CPU_DATA_PARALLEL, "DEEPSPEED")
+SUPPORTED = (*CPU_DATA_PARALLEL, "DEEPSPEED", "FSDP")
 LAUNCHED = "ALIGNMENT_LAUNCHED"
 
 
@@ -104,7 +103,11 @@ def plan(recipe: Recipe) -> LaunchPlan:
     if result.distributed_type not in SUPPORTED:
         problems.append(f"launch.config_file: distributed_type {result.distributed_type} is "
                         f"not supported (use one of {', '.join(SUPPORTED)}; for sharding, "
-                        "launch/deepspeed_zero3.yaml)")
+                        "launch/fsdp.yaml or launch/deepspeed_zero3.yaml)")
+    fsdp_version = (file_cfg.get("fsdp_config") or {}).get("fsdp_version", 1)
+    if result.distributed_type == "FSDP" and str(fsdp_version) != "2":
+        problems.append(f"launch.config_file: fsdp_version {fsdp_version} is not supported: "
+                        "set fsdp_config.fsdp_version: 2 (FSDP2; see launch/fsdp.yaml)")
     if result.num_processes % result.num_machines:
         problems.append(f"launch.num_processes={result.num_processes} is not a multiple of "
                         f"launch.num_machines={result.num_machines} (it counts processes "
@@ -112,10 +115,6 @@ def plan(recipe: Recipe) -> LaunchPlan:
     if not 0 <= result.machine_rank < result.num_machines:
         problems.append(f"launch.machine_rank={result.machine_rank} must be in 0.."
                         f"{result.num_machines - 1}")
-    if result.distributed_type == "DEEPSPEED" and _zero_stage(file_cfg) == 3 and \
-            recipe.algorithm in (*CRITIC, "spin"):
-        problems.append(f"{recipe.algorithm} under DeepSpeed ZeRO-3 is not supported in this "
-                        "version: use launch/deepspeed_zero2.yaml or DDP")
     if problems:
         raise ConfigError(problems, launch.config_file)
     return result

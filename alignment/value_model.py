@@ -76,11 +76,24 @@ def load_critic(init: str, policy_path: str, dtype: torch.dtype, *, path: str | 
         critic.config.pad_token_id = pad_token_id
     head = value_head(critic)
     if init == "policy":
-        with torch.no_grad():
+        with torch.no_grad(), _whole(list(head.parameters())):
             head.weight.zero_()
             if head.bias is not None:
                 head.bias.zero_()
     return disable_dropout(critic)
+
+
+def _whole(params: list[torch.nn.Parameter]):
+    """A context in which `params` are whole and writable: under ZeRO-3 they load
+    partitioned (empty on every process) and DeepSpeed gathers them, then re-partitions
+    what rank 0 wrote; otherwise nothing to do."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _inner(critic):
@@ -97,11 +110,16 @@ def value_head(critic) -> torch.nn.Module:
                       "from")
 
 
+def critic_backbone(critic) -> torch.nn.Module:
+    """The transformer under the value head (what `token_values` runs)."""
+    inner = _inner(critic)
+    return getattr(inner, inner.base_model_prefix)
+
+
 def token_values(critic, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor, keep: int) -> torch.Tensor:
     """(rows, keep) float32 V(s) at the last `keep` positions (the state after each token)."""
-    inner = _inner(critic)
-    backbone = getattr(inner, inner.base_model_prefix)
+    backbone = critic_backbone(critic)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids, use_cache=False).last_hidden_state
     head = value_head(critic)   # (a PEFT ModulesToSaveWrapper under critic LoRA: callable)

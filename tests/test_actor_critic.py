@@ -341,16 +341,6 @@ def test_drpo_without_reference_responses_is_a_data_error(tmp_path, policy, prom
                                                                       "completion"})
 
 
-def test_zero3_is_refused_in_one_line_before_launching(tmp_path, policy, prompts):
-    from test_deepspeed import zero
-
-    result = train(ac_file(tmp_path, "ppo", tmp_path / "z3", policy, prompts),
-                   *zero(tmp_path, 3), timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "ppo under DeepSpeed ZeRO-3 is not supported" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "z3").exists()
-
-
 # ------------------------------------------------------------------ data parallel
 def test_ppo_on_two_processes_trains_like_one(tmp_path, policy, prompts):
     """Rollout statistics (whitening, KL) are global: 2 ranks x 2 prompts = 1 x 4."""
@@ -362,21 +352,34 @@ def test_ppo_on_two_processes_trains_like_one(tmp_path, policy, prompts):
     _same_run(tmp_path / "one", tmp_path / "two", policy)
 
 
-@pytest.mark.slow
-def test_ppo_under_zero2_trains_like_one_process(tmp_path, policy, prompts):
-    """Unclipped: the DeepSpeed engine clips the norm of policy and critic gradients
-    together, our optimizer each model's on its own (both documented)."""
-    from test_deepspeed import zero
-
-    unclipped = "trainer.max_grad_norm=null"
-    one = train(ac_file(tmp_path, "ppo", tmp_path / "one", policy, prompts),
-                "ppo.prompts_per_step=4", unclipped)
+@pytest.fixture(scope="module")
+def ppo_one_process(tmp_path_factory, policy, prompts):
+    """PPO on one process, the reference of the sharded runs (unclipped: the DeepSpeed
+    engine clips the norm of policy and critic gradients together, our optimizer each
+    model's on its own; both documented)."""
+    tmp = tmp_path_factory.mktemp("ppo_one")
+    one = train(ac_file(tmp, "ppo", tmp / "one", policy, prompts), "ppo.prompts_per_step=4",
+                "trainer.max_grad_norm=null")
     assert one.returncode == 0, one.stderr[-3000:]
-    z2 = train(ac_file(tmp_path, "ppo", tmp_path / "z2", policy, prompts), *zero(tmp_path, 2),
-               unclipped, timeout=400)
-    assert z2.returncode == 0, z2.stderr[-3000:]
-    assert "ZeRO-2" in z2.stderr
-    _same_run(tmp_path / "one", tmp_path / "z2", policy)
+    return tmp / "one"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["zero2", "zero3", "fsdp2"])
+def test_ppo_sharded_trains_like_one_process(tmp_path, policy, prompts, ppo_one_process,
+                                             sharding):
+    """Under ZeRO-3 and FSDP2 policy, critic (its zero-initialised head included) and,
+    under ZeRO-3, the frozen π_ref are sharded over the two processes; every forward
+    gathers them. FSDP2 makes policy and critic units of their own (the rollout, π_old
+    and V_old passes call each directly)."""
+    from test_sharding import fsdp, zero
+
+    launch = fsdp() if sharding == "fsdp2" else zero(tmp_path, int(sharding[-1]))
+    out = train(ac_file(tmp_path, "ppo", tmp_path / "z", policy, prompts), *launch,
+                "trainer.max_grad_norm=null", timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("FSDP2" if sharding == "fsdp2" else f"ZeRO-{sharding[-1]}") in out.stderr
+    _same_run(ppo_one_process, tmp_path / "z", policy)
 
 
 def _same_run(a: Path, b: Path, policy: str) -> None:

@@ -274,7 +274,8 @@ def test_accelerate_launch_asking_for_two_cpu_processes_is_not_silently_one(tmp_
 @pytest.mark.parametrize("launch, message", [
     ({"num_processes": 3, "num_machines": 2}, "is not a multiple of launch.num_machines=2"),
     ({"num_processes": 2, "num_machines": 2, "machine_rank": 2}, "launch.machine_rank=2 must"),
-    ({"config_file": "FSDP"}, "distributed_type FSDP is not supported"),
+    ({"config_file": "FSDP"}, "fsdp_version 1 is not supported"),
+    ({"config_file": "TPU"}, "distributed_type XLA is not supported"),
     ({"config_file": "BROKEN"}, "is not valid YAML"),
 ])
 def test_bad_launch_settings_are_reported(tmp_path, launch, message):
@@ -284,6 +285,10 @@ def test_bad_launch_settings_are_reported(tmp_path, launch, message):
     if launch.get("config_file") == "FSDP":
         path = tmp_path / "fsdp.yaml"
         path.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+        launch = {"config_file": str(path)}
+    if launch.get("config_file") == "TPU":
+        path = tmp_path / "tpu.yaml"
+        path.write_text("distributed_type: XLA\nnum_processes: 2\n")
         launch = {"config_file": str(path)}
     if launch.get("config_file") == "BROKEN":
         path = tmp_path / "broken.yaml"

@@ -170,7 +170,7 @@ class _merged:
         self.peft = hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
 
     def __enter__(self):
-        if _zero3_sharded(self.model):
+        if _sharded(self.model):
             return _gathered_weights(self.model, self.tied)
         if not self.peft:
             return self._tied(self.model.state_dict().items())
@@ -203,25 +203,51 @@ def _untied(items) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _zero3_sharded(model) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+def _sharded(model) -> bool:
+    """Weights split over the processes: ZeRO-3 partitions or FSDP2 DTensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def _whole(params: list[torch.nn.Parameter]):
+    """`params` whole for the duration (collective): ZeRO-3 gathers its partitions in
+    place; FSDP2 DTensors are gathered into plain tensors (yielded in order)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield [p.detach() for p in params]
+    else:
+        yield [p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach()
+               for p in params]
 
 
 def _gathered_weights(model, tied: bool = True):
-    """ZeRO-3: (name, full tensor) pairs gathered one module at a time, so the trainer
-    never holds the whole model at once (collective: every process iterates in step)."""
-    import deepspeed
+    """ZeRO-3 / FSDP2: (name, full tensor) pairs gathered one module at a time, so the
+    trainer never holds the whole model at once (collective: every process iterates in
+    step). A LoRA layer is gathered whole (base weight and adapters) and yielded merged,
+    under the plain model's name."""
+    from alignment.lora_merge import merged_lora_state
 
+    lora = getattr(model, "peft_config", {}).get("default")
     seen = set()   # without `tied`: a tied parameter once, under its first name
+    inside = None  # a LoRA layer being gathered whole: skip its submodules
     for module_name, module in model.named_modules():
-        params = [(n, p) for n, p in module.named_parameters(recurse=False)
+        if inside is not None and module_name.startswith(inside + "."):
+            continue
+        whole = lora is not None and hasattr(module, "lora_A") and hasattr(module, "base_layer")
+        inside = module_name if whole else None
+        params = [(n, p) for n, p in module.named_parameters(recurse=whole)
                   if tied or id(p) not in seen]
         seen.update(id(p) for _, p in params)
         if not params:
             continue
-        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-            for name, param in params:
-                yield (f"{module_name}.{name}" if module_name else name), param.detach().clone()
+        with _whole([p for _, p in params]) as tensors:
+            group = {(f"{module_name}.{name}" if module_name else name): tensor.clone()
+                     for (name, _), tensor in zip(params, tensors, strict=True)}
+        yield from (merged_lora_state(group, lora) if lora is not None else group).items()
 
 
 @contextlib.contextmanager

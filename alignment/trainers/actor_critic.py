@@ -41,9 +41,11 @@ from alignment.trainers.sequences import (
 from alignment.value_model import (
     ActorCritic,
     CriticError,
+    critic_backbone,
     disable_dropout,
     load_critic,
     token_values,
+    value_head,
 )
 
 
@@ -69,18 +71,9 @@ class ActorCriticTrainer(OnlineTrainer):
     # ------------------------------------------------------------------ models
     def check_distributed_support(self) -> None:
         super().check_distributed_support()
-        # (`alignment train` refuses ZeRO-3 before launching; this is for `accelerate launch`)
-        if self.zero_stage == 3:
-            raise ConfigError([f"{self.recipe.algorithm} under DeepSpeed ZeRO-3 is not "
-                               "supported in this version: use launch/deepspeed_zero2.yaml "
-                               "or DDP"], self.recipe_path)
         if self.zero_stage and self.cfg.max_grad_norm is not None:
             self._say("note: under DeepSpeed, trainer.max_grad_norm clips the gradient norm of "
                       "policy and critic together (without DeepSpeed: each on its own)")
-        if self.zero_stage and self.recipe.critic.lora.r > 0:
-            raise ConfigError(["critic LoRA under DeepSpeed is not supported in this version: "
-                               "use DDP (launch/multi_gpu.yaml), or critic.lora.r=0"],
-                              self.recipe_path)
 
     def build_trainable(self) -> torch.nn.Module:
         c = self.recipe.critic
@@ -94,13 +87,19 @@ class ActorCriticTrainer(OnlineTrainer):
 
             critic = get_peft_model(critic, LoraConfig(
                 r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=0.0,
-                target_modules=c.lora.target_modules, task_type="SEQ_CLS"))
+                target_modules=c.lora.target_modules, task_type="SEQ_CLS"),
+                autocast_adapter_dtype=not self.fsdp)   # (FSDP2: one dtype per block)
         if self.recipe.model.gradient_checkpointing:
             critic.gradient_checkpointing_enable()
             if c.lora.r > 0:
                 critic.enable_input_require_grads()
         self.critic = critic
         return ActorCritic(disable_dropout(self.policy), critic)
+
+    def called_directly(self) -> list[torch.nn.Module]:
+        # rollouts and π_old passes run the policy; values run the critic's backbone, then
+        # its head (`token_values`)
+        return [self.policy, critic_backbone(self.critic), value_head(self.critic)]
 
     def param_groups(self) -> list[dict]:
         trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731

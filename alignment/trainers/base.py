@@ -30,6 +30,7 @@ import torch
 from alignment import atomic
 from alignment.config import Recipe, dump_recipe, recipe_to_dict
 from alignment.errors import TrainingError
+from alignment.lora_merge import merged_lora_state
 from alignment.models import (
     load_causal_lm,
     load_tokenizer,
@@ -65,6 +66,11 @@ class Trainer(abc.ABC):
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.zero_stage = distributed.zero_stage(self.accelerator)   # 0: no DeepSpeed
+        self.fsdp_plugin = distributed.fsdp_plugin()
+        self.fsdp = self.fsdp_plugin is not None
+        # weights split over the processes: every forward is collective, so processes
+        # run the same number of them (equal shares, lockstep decoding)
+        self.sharded = self.zero_stage == 3 or self.fsdp
         set_seed(self.cfg.seed)
         self.output_dir = Path(recipe.output_dir)
         self.dtype = training_dtype(recipe.model.dtype, deepspeed=bool(self.zero_stage))
@@ -78,18 +84,20 @@ class Trainer(abc.ABC):
             distributed.configure_deepspeed(self.accelerator, self.cfg, self.dtype)  # its dtype
         self.policy = self.build_policy()
         self.trainable = self.build_trainable()   # what the engine wraps and the optimizer steps
-        groups = self.param_groups()
         if self.zero_stage:
             if self.cfg.optimizer == "adamw_kahan":   # DeepSpeed keeps its own fp32 copy
                 raise TrainingError("trainer.optimizer: adamw_kahan is for runs without "
                                     "DeepSpeed (ZeRO keeps fp32 master weights itself); use "
                                     "adamw")
-            adamw = build_optimizer(groups, self.cfg)
+            adamw = build_optimizer(self.param_groups(), self.cfg)
             self.model, _ = self.accelerator.prepare(self.trainable, adamw)
             self.optim = distributed.DeepSpeedOptimizer(self.model, adamw)
         else:
-            self.model = self.accelerator.prepare_model(self.trainable)
-            self.optim = MasterWeightOptimizer(groups, self.cfg)
+            # (FSDP2 shards in place: the parameters the optimizer gets are the shards)
+            self.model = (distributed.shard_fsdp2(self.trainable, self.fsdp_plugin,
+                                                  self.called_directly(), self.accelerator.device)
+                          if self.fsdp else self.accelerator.prepare_model(self.trainable))
+            self.optim = MasterWeightOptimizer(self.param_groups(), self.cfg)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.planned_steps()
         self.scheduler = build_scheduler(self.optim.optimizer, self.cfg, self.total_steps)
@@ -145,13 +153,16 @@ class Trainer(abc.ABC):
     def check_distributed_support(self) -> None:
         """Refuse, in one clear sentence, what this trainer cannot run under."""
         kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-        if kind not in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"):
+        if self.fsdp and self.fsdp_plugin.fsdp_version != 2:
+            raise TrainingError("FSDP version 1 is not supported: set fsdp_config.fsdp_version"
+                                ": 2 in the Accelerate config (launch/fsdp.yaml)")
+        if self.fsdp and self.fsdp_plugin.activation_checkpointing:
+            raise TrainingError("fsdp_activation_checkpointing is not used: set the recipe's "
+                                "model.gradient_checkpointing: true instead")
+        if kind not in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED", "FSDP"):
             raise TrainingError(f"distributed type {kind} is not supported in this version: "
-                                "use DDP (launch/multi_gpu.yaml) or DeepSpeed "
-                                "(launch/deepspeed_zero*.yaml)")
-        if self.zero_stage and self.uses_lora:
-            raise TrainingError("LoRA under DeepSpeed is not supported in this version: use "
-                                "DDP (launch/multi_gpu.yaml) for LoRA, or model.lora.r=0")
+                                "use DDP (launch/multi_gpu.yaml), DeepSpeed "
+                                "(launch/deepspeed_zero*.yaml) or FSDP2 (launch/fsdp.yaml)")
 
     # ------------------------------------------------------------------ model
     def build_policy(self):
@@ -160,19 +171,35 @@ class Trainer(abc.ABC):
         if lora.r > 0:
             from peft import LoraConfig, get_peft_model
 
+            # FSDP2 gathers a block's tensors as one buffer: one dtype for all of them
             model = get_peft_model(model, LoraConfig(
                 r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+                target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+                autocast_adapter_dtype=not self.fsdp)
         if self.recipe.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if lora.r > 0:
                 model.enable_input_require_grads()
         return model
 
+    def load_frozen(self, name: str) -> torch.nn.Module:
+        """A frozen copy of model `name` (π_ref) in the run's dtype, on this process's
+        device; under ZeRO-3 sharded like the policy (`distributed.sharded_inference`)."""
+        model = load_causal_lm(resolve_model(name), self.dtype).eval()
+        model.requires_grad_(False)
+        if self.zero_stage == 3:
+            return distributed.sharded_inference(model, self.accelerator)
+        return model.to(self.accelerator.device)
+
     def build_trainable(self) -> torch.nn.Module:
         """The one module trained in this run: the policy (actor-critic trainers: policy and
         critic together)."""
         return self.policy
+
+    def called_directly(self) -> list[torch.nn.Module]:
+        """Submodules of `trainable` run on their own, not through its forward (FSDP2
+        makes each a unit: `distributed.shard_fsdp2`)."""
+        return []
 
     def param_groups(self) -> list[dict]:
         return [{"params": [p for p in self.trainable.parameters() if p.requires_grad]}]
@@ -218,7 +245,8 @@ class Trainer(abc.ABC):
         self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
                   f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
                   f"{self.world} process(es), {next(self.policy.parameters()).dtype}"
-                  f"{f', ZeRO-{self.zero_stage}' if self.zero_stage else ''}) -> "
+                  f"{f', ZeRO-{self.zero_stage}' if self.zero_stage else ''}"
+                  f"{', FSDP2' if self.fsdp else ''}) -> "
                   f"{self.output_dir}")
         initial = self.evaluate_loss() if self.step == 0 and self.cfg.eval_every else {}
         if initial:
@@ -292,6 +320,7 @@ class Trainer(abc.ABC):
         for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
             last = i == len(batches) - 1
             sync = (contextlib.nullcontext() if last or self.zero_stage
+                    else distributed.gradient_sync(self.model, False) if self.fsdp
                     else self.accelerator.no_sync(self.model))
             with sync:
                 loss, metrics = self.compute_loss(batch)
@@ -369,8 +398,9 @@ class Trainer(abc.ABC):
         ev = self.recipe.eval
         if not ev.before_after:
             return None
-        if self.zero_stage == 3:   # the weights are sharded: one process cannot generate
-            self._say(f"generation eval ({tag} training) skipped under ZeRO-3: run `alignment "
+        if self.sharded:   # the weights are sharded: one process cannot generate
+            self._say(f"generation eval ({tag} training) skipped with sharded weights (ZeRO-3"
+                      f" / FSDP2): run `alignment "
                       f"eval --model {self.output_dir} --data {ev.data}` afterwards")
             return None
         path = self.output_dir / f"eval_{tag}.json"
@@ -399,11 +429,17 @@ class Trainer(abc.ABC):
         if self.zero_stage:
             return self._save_deepspeed_checkpoint(history)
         rng_states = self._rng_states()   # (collective)
+        optimizer_state = self.optim.state_dict()   # (collective under FSDP2)
+        # FSDP2: the modules hold shards; gather whole weights (collective)
+        weights = distributed.full_state_dict(self.trainable) if self.fsdp else None
         if self.is_main:
+            states = None if weights is None else {
+                name: self._module_state(weights, "policy" if name == "model" else name)
+                for name in ("model", *self.extra_models())}
             checkpoint.save_checkpoint(
                 self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
-                extra_models=self.extra_models(),
-                trainer_state=self._trainer_state(history), optimizer_state=self.optim.state_dict(),
+                extra_models=self.extra_models(), state_dicts=states,
+                trainer_state=self._trainer_state(history), optimizer_state=optimizer_state,
                 scheduler_state=self.scheduler.state_dict(), rng_states=rng_states,
                 recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
@@ -459,8 +495,9 @@ class Trainer(abc.ABC):
         weight by up to half a bf16 step, a residue no forward pass ever saw, and a model
         made of the masters can be far worse than the one trained (a GRPO run on add2: 64%
         greedy from its weights, 2% from its masters). fp32 makes the LoRA merge exact."""
-        # DeepSpeed shards the weights under ZeRO-3: gather them, on every process
-        weights = distributed.full_state_dict(self.trainable) if self.zero_stage else None
+        # ZeRO-3 and FSDP2 shard the weights: gather them, on every process
+        weights = (distributed.full_state_dict(self.trainable)
+                   if self.zero_stage or self.fsdp else None)
         if self.is_main:
             if any(p.dtype in (torch.bfloat16, torch.float16)
                    for p in self.trainable.parameters()):
@@ -542,8 +579,8 @@ class Trainer(abc.ABC):
 
     def eval_share(self, batches: list[list[int]]) -> list[tuple[list[int], bool]]:
         """This process's share of evaluation batches, (indices, counted) pairs; under
-        ZeRO-3 padded to equal counts (see `distributed.equal_share`)."""
-        if self.zero_stage == 3:
+        ZeRO-3 / FSDP2 padded to equal counts (see `distributed.equal_share`)."""
+        if self.sharded:
             return distributed.equal_share(batches, self.world, self.rank)
         return [(b, True) for b in batches[self.rank::self.world]]
 
@@ -572,8 +609,13 @@ class Trainer(abc.ABC):
 
 
 def _save_merged(model, folder: Path, state_dict: dict | None) -> None:
-    """A plain HF folder; a PEFT model is merged (its adapter also kept, in `adapter/`)."""
+    """A plain HF folder; a PEFT model is merged (its adapter also kept, in `adapter/`).
+    `state_dict`: the gathered weights under DeepSpeed (the module's own may be shards)."""
     if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(folder / "adapter")
-        model = model.merge_and_unload()
+        model.save_pretrained(folder / "adapter", state_dict=state_dict)
+        if state_dict is None:
+            model = model.merge_and_unload()
+        else:
+            state_dict = merged_lora_state(state_dict, model.peft_config["default"])
+            model = model.get_base_model()
     model.save_pretrained(folder, state_dict=state_dict)

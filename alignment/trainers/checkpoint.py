@@ -62,11 +62,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, trainer_state: dict,
                     optimizer_state: dict, scheduler_state: dict, recipe_yaml: str,
                     keep: int, extra_models: dict | None = None,
-                    rng_states: list[dict] | None = None) -> Path:
+                    rng_states: list[dict] | None = None,
+                    state_dicts: dict[str, dict] | None = None) -> Path:
+    """`state_dicts`: each model's weights by name ("model", "critic"), where the module
+    holds only a shard of them (FSDP2); default: the module's own."""
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     with atomic.atomic_dir(target) as tmp:
         for name, m in {"model": model, **(extra_models or {})}.items():
-            m.save_pretrained(tmp / name)
+            m.save_pretrained(tmp / name, state_dict=(state_dicts or {}).get(name))
             tokenizer.save_pretrained(tmp / name)
         write_trainer_files(tmp, trainer_state, scheduler_state=scheduler_state,
                             recipe_yaml=recipe_yaml, optimizer_state=optimizer_state,

@@ -1,4 +1,5 @@
-"""Accelerate and DeepSpeed set-up for the trainer loop (data parallel, ZeRO-2, ZeRO-3).
+"""Accelerate, DeepSpeed and FSDP2 set-up for the trainer loop (data parallel, ZeRO-2,
+ZeRO-3, FSDP2).
 
 DDP (and one process): the trainer's own `MasterWeightOptimizer` keeps fp32 master weights
 and steps; gradients are synchronised by DDP on the last micro-batch of a step.
@@ -23,6 +24,7 @@ Two accelerate 1.15 details handled here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -38,9 +40,27 @@ def make_accelerator():
     # DeepSpeed 0.19 calls a collective torch 2.13 deprecates, once per step per process
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     handlers = []
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if cpu_processes:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    accelerator = Accelerator(kwargs_handlers=handlers)
+    # On a CPU, Accelerate asked for FSDP sets its state to NO (one process: its reduce
+    # and barriers do nothing) while several run. We shard ourselves (`shard_fsdp2`), so
+    # hide the request from it there and ask for CPU processes: its state is then
+    # MULTI_CPU, as for DDP.
+    hidden = os.environ.pop("ACCELERATE_USE_FSDP", None) if cpu_processes else None
+    try:
+        accelerator = Accelerator(kwargs_handlers=handlers, cpu=hidden is not None)
+    finally:
+        if hidden is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = hidden
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if accelerator.num_processes > 1 and kind == "NO":   # (reductions would do nothing)
+        from alignment.errors import TrainingError
+
+        raise TrainingError(f"{accelerator.num_processes} processes started, but Accelerate "
+                            "set up none of its distributed modes (on a CPU it needs "
+                            "ACCELERATE_USE_CPU=1): start the run with `alignment train "
+                            "RECIPE launch.num_processes=N`, which sets it up")
     # The recipe's model.dtype IS the precision. Accelerate's state is process-wide and
     # its mixed precision comes from ACCELERATE_MIXED_PRECISION (a user's `accelerate
     # config`) or from whatever built it first (e.g. transformers' TrainingArguments with
@@ -77,6 +97,27 @@ def configure_deepspeed(accelerator, cfg, dtype: torch.dtype) -> None:
         # transformers' sharded loading (zero.Init) reads a COPY of the config taken when
         # the Accelerator was made: refresh it, or ZeRO-3 weights load (and train) in fp32
         deepspeed_plugin(accelerator).set_deepspeed_weakref()
+
+
+def sharded_inference(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """A frozen model (a separate π_ref) sharded like the trained one under ZeRO-3: an
+    inference-only DeepSpeed engine (no optimizer) partitions its weights over the
+    processes and gathers each layer's for its forward, as TRL does for its reference
+    model. Every process must then run the same number of forwards (`equal_share`).
+    Returns the module itself (hooks installed): callers use it like any model."""
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(deepspeed_plugin(accelerator).deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    # the engine owns the partitioning: keep it alive as long as the module
+    # (plain __dict__: assigning a Module attribute would register it as a submodule)
+    model.__dict__["_deepspeed_engine"] = engine
+    return model
 
 
 class DeepSpeedOptimizer:
@@ -117,19 +158,117 @@ class DeepSpeedOptimizer:
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as the forward pass uses it (the 16-bit weights under bf16, not the
-    engine's fp32 masters: see `export_final`), gathered from its ZeRO-3 shards, in fp32
+    fp32 masters: see `export_final`), gathered from its ZeRO-3 or FSDP2 shards, in fp32
     (collective: all processes call it; every process gets the whole dict, one tensor at
     a time)."""
-    import deepspeed
-
     out = {}
     for name, param in model.named_parameters():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            out[name] = param.detach().float().cpu().clone()
+        if hasattr(param, "ds_id"):   # a ZeRO-3 partition
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                out[name] = param.detach().float().cpu().clone()
+        else:
+            out[name] = full_tensor(param.detach()).float().cpu().clone()
     for name, buffer in model.named_buffers():
         if "rotary" not in name:
             out[name] = buffer.detach().cpu().clone()
     return out
+
+
+# ---------------------------------------------------------------------------- FSDP2
+#
+# `launch/fsdp.yaml` (fsdp_version 2): `fully_shard` on every transformer block, on the
+# submodules the trainer calls on their own, then on the root; parameters become DTensors
+# holding 1/N of each tensor, gathered block by block for each forward and backward,
+# gradients reduce-scattered. The trainer's own `MasterWeightOptimizer` steps the shards
+# (its fp32 masters are sharded too). Checkpoints gather whole tensors (the layout of one
+# process, so a run may resume on another process count) and re-shard on load.
+# The sharding is applied here rather than by `Accelerator.prepare`: Accelerate sets FSDP
+# up only on accelerators (on a CPU its state stays MULTI_CPU), and its FSDP2 path cannot
+# give the units the trainer calls directly their own setting (below). The settings are
+# still Accelerate's: `accelerate launch` exports the config file as FSDP_* variables,
+# which its plugin class reads.
+
+def fsdp_plugin():
+    """Accelerate's FSDP settings when the launch asked for FSDP, else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin()   # (reads the FSDP_* variables)
+
+
+def shard_fsdp2(model: torch.nn.Module, plugin, called_directly: list[torch.nn.Module],
+                device: torch.device) -> torch.nn.Module:
+    """`fully_shard` bottom-up: the blocks (the plugin's class names, else every
+    submodule's `_no_split_modules`), the `called_directly` units (the actor-critic's policy
+    and critic), the root. Those units and the root keep their own parameters (embeddings,
+    final norm, LM head, value head) gathered after their forward, because the log-prob
+    path reads the LM head's weight after the forward (`model_logps`). The root is fixed
+    as `model`, whichever module runs first (FSDP2 otherwise takes the first one called)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(plugin.transformer_cls_names_to_wrap or [])
+    if not names:
+        names = {n for m in model.modules() for n in getattr(m, "_no_split_modules", None) or []}
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    kwargs = {"mesh": mesh, "offload_policy": plugin.cpu_offload}
+    model.to(device)
+    for module in reversed(list(model.modules())):   # (descendants before their parents)
+        if type(module).__name__ in names and module is not model:
+            fully_shard(module, reshard_after_forward=plugin.reshard_after_forward, **kwargs)
+    for unit in called_directly:
+        fully_shard(unit, reshard_after_forward=False, **kwargs)
+    fully_shard(model, reshard_after_forward=False, **kwargs)
+    model._get_fsdp_state()._lazy_init()   # (private: no public way to name the root)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, sync: bool):
+    """FSDP2: reduce-scatter gradients only on a step's last micro-batch (the others
+    accumulate locally), as DDP's `no_sync` does."""
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def is_dtensor(x) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(x, DTensor)
+
+
+def full_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered whole (collective); any other tensor as it is."""
+    return x.full_tensor() if is_dtensor(x) else x
+
+
+def gathered(obj):
+    """`obj` (nested dicts / lists / tuples of tensors, e.g. an optimizer state) with every
+    DTensor gathered whole, on the CPU. Collective: every process walks the same structure
+    in the same order."""
+    if isinstance(obj, torch.Tensor):
+        return full_tensor(obj).detach().cpu() if is_dtensor(obj) else obj
+    if isinstance(obj, dict):
+        return {k: gathered(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gathered(v) for v in obj)
+    return obj
+
+
+def sharded_like(full: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """`full` split as `template` (a DTensor) is: this process's shard, as a DTensor."""
+    if not is_dtensor(template) or is_dtensor(full):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(template.device, template.dtype), template.device_mesh,
+                             template.placements, src_data_rank=None)
 
 
 def equal_share(batches: list, world: int, rank: int) -> list[tuple[object, bool]]:

@@ -50,7 +50,7 @@ class EngineSetup:
             backend = "vllm" if vllm_available() else "hf"
         t0 = time.perf_counter()
         options = (self._vllm_options() if backend == "vllm"
-                   else {"synced": self.zero_stage == 3})   # ZeRO-3: decode in lockstep
+                   else {"synced": self.sharded})   # ZeRO-3 / FSDP2: decode in lockstep
         self.engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
                                   model_path=str(self.model_path), **options)
         self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "

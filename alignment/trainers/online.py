@@ -31,7 +31,6 @@ import torch
 from alignment import atomic
 from alignment.faults import kill_point
 from alignment.losses.grpo import overlong_penalty
-from alignment.models import load_causal_lm, resolve_model
 from alignment.rollout import Rollouts, logprob_gap
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
@@ -138,10 +137,7 @@ class OnlineTrainer(EngineSetup, Trainer):
         """π_ref: a frozen copy (or, for a LoRA policy, the policy with adapters off)."""
         if self.uses_lora and self.recipe.model.reference is None:
             return None
-        path = resolve_model(self.recipe.model.reference or self.recipe.model.name)
-        model = load_causal_lm(path, self.dtype).eval()
-        model.requires_grad_(False)
-        return model.to(self.accelerator.device)
+        return self.load_frozen(self.recipe.model.reference or self.recipe.model.name)
 
     def sampled_as(self) -> dict:
         """The rollout's sampling distribution, for log-probs comparable with the engine's
@@ -210,8 +206,8 @@ class OnlineTrainer(EngineSetup, Trainer):
                 sample.group += round_ * len(scored)
                 samples.append(sample)
             enough = len(samples) >= self.min_samples
-            if self._all_processes(enough) if self.zero_stage == 3 else enough:
-                break   # (ZeRO-3: generation is collective, so rounds end together)
+            if self._all_processes(enough) if self.sharded else enough:
+                break   # (sharded weights: generation is collective, rounds end together)
         samples = samples[:self.min_samples]   # whole groups (pairs): a multiple of their size
         n_samples = int(self._sum_across_processes(float(len(samples))))   # all processes
         if not n_samples:
@@ -229,7 +225,7 @@ class OnlineTrainer(EngineSetup, Trainer):
                        _micro_batches(samples, self.micro_batch_size(len(samples)))]
             # processes step together: each needs one backward at least (DDP's gradient
             # sync), under ZeRO-3 the same number (every forward gathers the weights)
-            need = self._max_across_processes(len(batches)) if self.zero_stage == 3 else 1
+            need = self._max_across_processes(len(batches)) if self.sharded else 1
             batches += [self._stand_in_batch(prompts[0]) for _ in range(int(need) - len(batches))]
             metrics = self.prepare_batches(batches) or {}
         with _timed(times, "update"):

@@ -26,6 +26,7 @@ import torch
 
 from alignment.config.schema import TrainerConfig
 from alignment.faults import kill_point
+from alignment.trainers.distributed import full_tensor, gathered, sharded_like
 
 
 class MasterWeightOptimizer:
@@ -66,11 +67,12 @@ class MasterWeightOptimizer:
             grads = [m for m in group["params"] if m.grad is not None]
             if not grads:
                 continue
+            # (both handle FSDP2's sharded gradients: the norm of the whole tensors)
             if self.max_grad_norm is not None:
-                norms.append(torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm))
+                group_norm = torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm)
             else:
-                norms.append(torch.linalg.vector_norm(torch.stack(
-                    [torch.linalg.vector_norm(m.grad) for m in grads])))
+                group_norm = torch.nn.utils.get_total_norm([m.grad for m in grads])
+            norms.append(full_tensor(group_norm))
         norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
         if not torch.isfinite(norm):   # (clipping may have made the gradients NaN)
             self.zero_grad()
@@ -90,15 +92,21 @@ class MasterWeightOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
-                "master": [m.detach().clone() for m in self.master]}
+        """Whole tensors (FSDP2's shards gathered: collective), as one process has them."""
+        return gathered({"optimizer": self.optimizer.state_dict(),
+                         "master": [m.detach().clone() for m in self.master]})
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        by_id = dict(enumerate(self.master))   # the optimizer state's keys index its params
+        optimizer = state["optimizer"]
+        optimizer = {**optimizer, "state": {
+            i: {k: sharded_like(v, by_id[i]) if getattr(v, "dim", lambda: 0)() else v
+                for k, v in entry.items()} for i, entry in optimizer["state"].items()}}
+        self.optimizer.load_state_dict(optimizer)
         with torch.no_grad():
             for m, saved, p in zip(self.master, state["master"], self.params, strict=True):
-                m.copy_(saved)
-                p.copy_(saved)
+                m.copy_(sharded_like(saved, m))
+                p.copy_(sharded_like(saved, p))
 
 
 def build_optimizer(params: list, cfg: TrainerConfig) -> torch.optim.Optimizer:

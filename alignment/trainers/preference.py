@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from alignment.data.prepare import MappedRows
-from alignment.models import load_causal_lm, resolve_model
+from alignment.models import resolve_model
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer
 from alignment.trainers.sequences import attention_width, collate_preference, pair_logps
@@ -112,10 +112,7 @@ class PreferenceTrainer(PairData, Trainer):
         return self.recipe.model.reference is not None or not self.uses_lora
 
     def _load_reference_copy(self) -> None:
-        path = resolve_model(self.recipe.model.reference or self.recipe.model.name)
-        self._ref_model = load_causal_lm(path, self.dtype).eval()
-        self._ref_model.requires_grad_(False)
-        self._ref_model.to(self.accelerator.device)
+        self._ref_model = self.load_frozen(self.recipe.model.reference or self.recipe.model.name)
 
     @torch.no_grad()
     def _reference_logps(self, batch: dict) -> torch.Tensor:

@@ -70,9 +70,6 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
     def _steps_per_epoch(self) -> int:
         # (called once by the base, after the data is read: set the iteration schedule up)
         self.demos = list(self.train_set)
-        if self.zero_stage == 3:
-            raise TrainingError("SPIN under ZeRO-3 is not supported in this version (its "
-                                "generation phase needs whole weights): use ZeRO-2 or DDP")
         per_step = self.cfg.batch_size * self.cfg.grad_accum * self.world
         self.iteration_steps = [self.s.epochs * batching.steps_per_epoch(
             max(1, n // self.cfg.batch_size), self.cfg.grad_accum, self.world)
@@ -186,14 +183,18 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
     def _generate(self, t: int) -> list[list[int]]:
         """One completion per demonstration prompt from θ_t, every process a share."""
         self.engine.sync_weights(self.policy)
-        demos = self.demos[self.rank::self.world]
+        # every process a share; under ZeRO-3 equal shares (generation gathers the weights
+        # from all processes, so they decode in lockstep), a repeat not counted
+        share = self.eval_share(self.demos)
+        demos = [d for d, _ in share]
         seeds = [((self.cfg.seed * 1_000_003 + t) * 1_000_003 + d.index) % (1 << 62)
                  for d in demos]
         self._say(f"SPIN iteration {t}: generating {len(self.demos)} completions ...")
         rollouts = self.engine.generate([d.prompt_ids for d in demos], n=1,
                                         sampling=self.sampling, seeds=seeds)
         mine = {d.index: list(ids) or [self.tokenizer.eos_token_id]
-                for d, ids in zip(demos, rollouts.completion_ids, strict=True)}
+                for (d, counted), ids in zip(share, rollouts.completion_ids, strict=True)
+                if counted}
         if self.world > 1:
             shares = [None] * self.world
             torch.distributed.all_gather_object(shares, mine)
