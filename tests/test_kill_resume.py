@@ -152,8 +152,8 @@ def test_sigkilled_two_process_run_with_dropout_resumes_exactly(campaign, tmp_pa
 
 @pytest.mark.slow   # ~3 DeepSpeed starts of ~25 s
 def test_sigkilled_zero2_run_resumes_exactly(tmp_path):
-    from test_sharding import zero
     from test_distributed import ENV, dpo_recipe, history, train
+    from test_sharding import zero
 
     from alignment.models import make_tiny_model
 

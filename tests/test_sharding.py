@@ -181,7 +181,7 @@ def test_spin_under_zero3_equals_one_process(tmp_path, policy):
     """SPIN's generation phases under ZeRO-3: every process decodes an equal share in
     lockstep (the sharded weights are gathered layer by layer), per-prompt seeds give the
     samples of one process, and the opponent table is built from the sharded policy."""
-    rows = Path("data/arithmetic/add2_sft_plain/train.jsonl").read_text().splitlines()[:8]
+    rows = Path("data/arithmetic/add2_sft_plain/train.jsonl").read_text().splitlines()[:4]
     (tmp_path / "sft.jsonl").write_text("\n".join(rows) + "\n")
 
     def recipe(name: str) -> Path:
@@ -194,7 +194,7 @@ def test_spin_under_zero3_equals_one_process(tmp_path, policy):
             "trainer": {"lr": 1e-3, "batch_size": 2, "save_every": None,
                         "scheduler": "constant", "seed": 5},
             "spin": {"iterations": 2, "epochs": 1, "lam": [0.1, 0.5]},
-            "rollout": {"backend": "hf", "max_new_tokens": 12, "temperature": 1.0},
+            "rollout": {"backend": "hf", "max_new_tokens": 8, "temperature": 1.0},
             "eval": {"before_after": False},
             "logging": {"report_to": [], "progress_bar": False}}))
         return path
@@ -235,11 +235,12 @@ def test_fsdp2_dpo_on_two_processes_equals_one_process(tmp_path, policy, one_pro
 
 
 def test_fsdp2_resumes_on_the_same_curve_and_on_one_process(tmp_path, policy):
-    """A sharded checkpoint is whole tensors: the second half runs on FSDP2 again, and on
-    one process too, each on the curve of the straight run."""
+    """A sharded checkpoint is whole tensors: the second half runs on FSDP2 again (the
+    masters and Adam state re-sharded), and on one process too, each on the curve of a
+    straight one-process run."""
     constant = ["trainer.scheduler=constant", "trainer.warmup_steps=0", "trainer.save_every=3"]
     straight = dpo_recipe(tmp_path, policy, tmp_path / "straight", max_steps=6)
-    done = train(straight, *fsdp(*constant), timeout=400)
+    done = train(straight, *constant, "trainer.grad_accum=2")
     assert done.returncode == 0, done.stderr[-3000:]
     parts = dpo_recipe(tmp_path, policy, tmp_path / "parts", max_steps=6)
     first = train(parts, *fsdp(*constant, "trainer.max_steps=3"), timeout=400)
@@ -255,12 +256,12 @@ def test_fsdp2_resumes_on_the_same_curve_and_on_one_process(tmp_path, policy):
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "written by 2 process(es)" in alone.stderr
     a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    losses = lambda out: [r["loss"] for r in history(out) if "loss" in r]  # noqa: E731
     for out in ("parts", "parts1"):
         b = load_file(str(tmp_path / out / "final" / "model.safetensors"))
         for name in a:
             torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
-    losses = lambda out: [r["loss"] for r in history(out) if "loss" in r]  # noqa: E731
-    assert losses(tmp_path / "parts") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
+        assert losses(tmp_path / out) == pytest.approx(losses(tmp_path / "straight"), abs=1e-5)
 
 
 def test_fsdp2_grpo_with_lora_equals_one_process(tmp_path, policy):
