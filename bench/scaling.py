@@ -101,8 +101,11 @@ def overrides(recipe: dict, processes: int, args, out: Path) -> list[str]:
     else:
         common.append(f"model.dtype={args.dtype}")
     if "prompts_per_step" in section:   # online: each process samples its share
-        return common + [f"{algo}.prompts_per_step={args.global_prompts // processes}",
-                         "rollout.backend=hf", f"rollout.max_new_tokens={args.new_tokens}"]
+        online = [f"{algo}.prompts_per_step={args.global_prompts // processes}",
+                  "rollout.backend=hf", f"rollout.max_new_tokens={args.new_tokens}"]
+        if args.tiny:   # (a random model answers nothing right: reward what varies, the
+            online.append('rewards=[{name: regex, pattern: "^ "}]')   # leading space)
+        return common + online
     extra = ["rollout.backend=hf", f"rollout.max_new_tokens={args.new_tokens}"] \
         if algo == "spin" else []
     return common + extra + [f"trainer.batch_size={args.global_batch // most}",
@@ -148,9 +151,11 @@ def report(results: list[dict], args) -> None:
         if "error" in r:
             print(f"{name:<22} {r['variant']:<22} {r['error']}")
             continue
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x"
+                 if base and base["tokens_per_s"] else "-")
         gap = (max(abs(a - b) for a, b in zip(r["losses"], base["losses"], strict=True))
-               if base and len(base["losses"]) == len(r["losses"]) else float("nan"))
+               if base and r["losses"] and len(base["losses"]) == len(r["losses"])
+               else float("nan"))   # (nan: no step had a loss to compare)
         print(f"{name:<22} {r['variant']:<22} {r['s_per_step']:>7.2f} {r['tokens_per_s']:>8.1f} "
               f"{ratio:>6} {r['peak_rss_gb']:>10.2f} GB {gap:>17.2e}")
 

@@ -129,19 +129,20 @@ def test_grpo_under_zero_equals_one_process(tmp_path, policy, stage):
                         ("reward", "eval/completion_length"), atol=1e-6)
 
 
-def test_zero3_bf16_trains_in_bf16_like_one_process(tmp_path, policy):
-    """bf16 under ZeRO-3: the weights load sharded AND in bf16 (accelerate's copy of the
-    DeepSpeed config that transformers reads must carry bf16, else they load in fp32), and
-    the losses follow one bf16 process to bf16 rounding (measured 1.1e-4 over 8 steps)."""
+@pytest.mark.parametrize("sharding", ["zero3", "fsdp2"])
+def test_sharded_bf16_trains_in_bf16_like_one_process(tmp_path, policy, sharding):
+    """bf16 sharded: under ZeRO-3 the weights load sharded AND in bf16 (accelerate's copy of
+    the DeepSpeed config that transformers reads must carry bf16, else they load in fp32);
+    under FSDP2 the trainer's fp32 masters step the bf16 shards. The losses follow one bf16
+    process to bf16 rounding (ZeRO-3 measured 1.1e-4 over 8 steps)."""
     bf16 = ["model.dtype=bfloat16", "trainer.max_steps=8", "trainer.lr=1e-4"]
     one = train(dpo_recipe(tmp_path, policy, tmp_path / "one"), "trainer.grad_accum=2", *bf16)
     assert one.returncode == 0, one.stderr[-3000:]
-    z3 = train(dpo_recipe(tmp_path, policy, tmp_path / "z3"), *zero(tmp_path, 3, *bf16),
-               timeout=400)
-    assert z3.returncode == 0, z3.stderr[-3000:]
-    assert "torch.bfloat16, ZeRO-3" in z3.stderr
-    losses = [[r["loss"] for r in history(tmp_path / out) if "loss" in r]
-              for out in ("one", "z3")]
+    launch = zero(tmp_path, 3, *bf16) if sharding == "zero3" else fsdp(*bf16)
+    out = train(dpo_recipe(tmp_path, policy, tmp_path / "s"), *launch, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"torch.bfloat16, {'ZeRO-3' if sharding == 'zero3' else 'FSDP2'}" in out.stderr
+    losses = [[r["loss"] for r in history(tmp_path / o) if "loss" in r] for o in ("one", "s")]
     assert losses[1] == pytest.approx(losses[0], abs=1e-3)
     assert max(losses[0]) - min(losses[0]) > 3e-3   # it did train
 
@@ -178,7 +179,7 @@ def test_lora_dpo_under_zero_equals_one_process(tmp_path, policy, one_process_lo
 
 
 def test_spin_under_zero3_equals_one_process(tmp_path, policy):
-    """SPIN's generation phases under ZeRO-3: every process decodes an equal share in
+    """SPIN's generation phase under ZeRO-3: every process decodes an equal share in
     lockstep (the sharded weights are gathered layer by layer), per-prompt seeds give the
     samples of one process, and the opponent table is built from the sharded policy."""
     rows = Path("data/arithmetic/add2_sft_plain/train.jsonl").read_text().splitlines()[:4]
@@ -193,7 +194,7 @@ def test_spin_under_zero3_equals_one_process(tmp_path, policy):
                      "max_length": 96},
             "trainer": {"lr": 1e-3, "batch_size": 2, "save_every": None,
                         "scheduler": "constant", "seed": 5},
-            "spin": {"iterations": 2, "epochs": 1, "lam": [0.1, 0.5]},
+            "spin": {"iterations": 1, "epochs": 2},
             "rollout": {"backend": "hf", "max_new_tokens": 8, "temperature": 1.0},
             "eval": {"before_after": False},
             "logging": {"report_to": [], "progress_bar": False}}))
@@ -204,7 +205,7 @@ def test_spin_under_zero3_equals_one_process(tmp_path, policy):
     z3 = train(recipe("z3"), *zero(tmp_path, 3), timeout=400)
     assert z3.returncode == 0, z3.stderr[-3000:]
     assert "ZeRO-3" in z3.stderr
-    for t in (0, 1):
+    for t in (0,):
         gen = [[json.loads(x)["generated_ids"] for x in (tmp_path / out / "spin" /
                f"iteration-{t}" / "generated.jsonl").read_text().splitlines()]
                for out in ("one", "z3")]

@@ -429,9 +429,10 @@ class Trainer(abc.ABC):
         if self.zero_stage:
             return self._save_deepspeed_checkpoint(history)
         rng_states = self._rng_states()   # (collective)
-        optimizer_state = self.optim.state_dict()   # (collective under FSDP2)
-        # FSDP2: the modules hold shards; gather whole weights (collective)
-        weights = distributed.full_state_dict(self.trainable) if self.fsdp else None
+        # (FSDP2: both gather whole tensors, a collective; rank 0 keeps them to write)
+        optimizer_state = self.optim.state_dict(keep=self.is_main)
+        weights = (distributed.full_state_dict(self.trainable, keep=self.is_main)
+                   if self.fsdp else None)
         if self.is_main:
             states = None if weights is None else {
                 name: self._module_state(weights, "policy" if name == "model" else name)
@@ -495,8 +496,8 @@ class Trainer(abc.ABC):
         weight by up to half a bf16 step, a residue no forward pass ever saw, and a model
         made of the masters can be far worse than the one trained (a GRPO run on add2: 64%
         greedy from its weights, 2% from its masters). fp32 makes the LoRA merge exact."""
-        # ZeRO-3 and FSDP2 shard the weights: gather them, on every process
-        weights = (distributed.full_state_dict(self.trainable)
+        # ZeRO-3 and FSDP2 shard the weights: gather them (all processes take part)
+        weights = (distributed.full_state_dict(self.trainable, keep=self.is_main)
                    if self.zero_stage or self.fsdp else None)
         if self.is_main:
             if any(p.dtype in (torch.bfloat16, torch.float16)

@@ -149,29 +149,32 @@ class DeepSpeedOptimizer:
         self.engine.zero_grad()
         self.engine.optimizer.zero_grad()
 
-    def state_dict(self) -> dict:   # (checkpointed by `save_engine_state`)
+    def state_dict(self, keep: bool = True) -> dict:   # (the engine saves its own state)
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def full_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
     """Every parameter as the forward pass uses it (the 16-bit weights under bf16, not the
-    fp32 masters: see `export_final`), gathered from its ZeRO-3 or FSDP2 shards, in fp32
-    (collective: all processes call it; every process gets the whole dict, one tensor at
-    a time)."""
+    fp32 masters: see `export_final`), gathered from its ZeRO-3 or FSDP2 shards, in fp32,
+    one tensor at a time. Collective: all processes call it; those with `keep` false take
+    part in the gathers and hold nothing (an empty dict)."""
     out = {}
     for name, param in model.named_parameters():
         if hasattr(param, "ds_id"):   # a ZeRO-3 partition
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                out[name] = param.detach().float().cpu().clone()
+                if keep:
+                    out[name] = param.detach().float().cpu().clone()
         else:
-            out[name] = full_tensor(param.detach()).float().cpu().clone()
+            whole = full_tensor(param.detach())
+            if keep:
+                out[name] = whole.float().cpu().clone()
     for name, buffer in model.named_buffers():
-        if "rotary" not in name:
+        if keep and "rotary" not in name:
             out[name] = buffer.detach().cpu().clone()
     return out
 
@@ -216,9 +219,16 @@ def shard_fsdp2(model: torch.nn.Module, plugin, called_directly: list[torch.nn.M
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     kwargs = {"mesh": mesh, "offload_policy": plugin.cpu_offload}
     model.to(device)
-    for module in reversed(list(model.modules())):   # (descendants before their parents)
-        if type(module).__name__ in names and module is not model:
-            fully_shard(module, reshard_after_forward=plugin.reshard_after_forward, **kwargs)
+    blocks = [m for m in reversed(list(model.modules()))   # (descendants before parents)
+              if type(m).__name__ in names and m is not model]
+    if not blocks:
+        from alignment.errors import TrainingError
+
+        raise TrainingError(f"FSDP2: no module of class {', '.join(sorted(names)) or '(none)'} "
+                            "in the model to shard; fix fsdp_transformer_layer_cls_to_wrap in "
+                            "the Accelerate config, or leave it unset")
+    for module in blocks:
+        fully_shard(module, reshard_after_forward=plugin.reshard_after_forward, **kwargs)
     for unit in called_directly:
         fully_shard(unit, reshard_after_forward=False, **kwargs)
     fully_shard(model, reshard_after_forward=False, **kwargs)
@@ -248,16 +258,19 @@ def full_tensor(x: torch.Tensor) -> torch.Tensor:
     return x.full_tensor() if is_dtensor(x) else x
 
 
-def gathered(obj):
+def gathered(obj, keep: bool = True):
     """`obj` (nested dicts / lists / tuples of tensors, e.g. an optimizer state) with every
     DTensor gathered whole, on the CPU. Collective: every process walks the same structure
-    in the same order."""
+    in the same order; where `keep` is false the gathered tensors are dropped (None)."""
     if isinstance(obj, torch.Tensor):
-        return full_tensor(obj).detach().cpu() if is_dtensor(obj) else obj
+        if not is_dtensor(obj):
+            return obj
+        whole = full_tensor(obj).detach()
+        return whole.cpu() if keep else None
     if isinstance(obj, dict):
-        return {k: gathered(v) for k, v in obj.items()}
+        return {k: gathered(v, keep) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(gathered(v) for v in obj)
+        return type(obj)(gathered(v, keep) for v in obj)
     return obj
 
 

@@ -26,7 +26,7 @@ import torch
 
 from alignment.config.schema import TrainerConfig
 from alignment.faults import kill_point
-from alignment.trainers.distributed import full_tensor, gathered, sharded_like
+from alignment.trainers.distributed import full_tensor, gathered, is_dtensor, sharded_like
 
 
 class MasterWeightOptimizer:
@@ -82,8 +82,8 @@ class MasterWeightOptimizer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.low_precision:
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, self.master)
+            with torch.no_grad():   # (FSDP2: shard into shard; DTensors have no foreach copy)
+                torch._foreach_copy_(_local(self.params), _local(self.master))
         return float(norm)
 
     def zero_grad(self) -> None:
@@ -91,10 +91,11 @@ class MasterWeightOptimizer:
             p.grad = None
         self.optimizer.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> dict:
-        """Whole tensors (FSDP2's shards gathered: collective), as one process has them."""
+    def state_dict(self, keep: bool = True) -> dict:
+        """Whole tensors, as one process has them (FSDP2: the shards gathered, a collective;
+        processes without `keep` take part and get nothing)."""
         return gathered({"optimizer": self.optimizer.state_dict(),
-                         "master": [m.detach().clone() for m in self.master]})
+                         "master": [m.detach().clone() for m in self.master]}, keep)
 
     def load_state_dict(self, state: dict) -> None:
         by_id = dict(enumerate(self.master))   # the optimizer state's keys index its params
@@ -107,6 +108,11 @@ class MasterWeightOptimizer:
             for m, saved, p in zip(self.master, state["master"], self.params, strict=True):
                 m.copy_(sharded_like(saved, m))
                 p.copy_(sharded_like(saved, p))
+
+
+def _local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """This process's shard of each FSDP2 DTensor (a view: writes go to the parameter)."""
+    return [t.to_local() if is_dtensor(t) else t for t in tensors]
 
 
 def build_optimizer(params: list, cfg: TrainerConfig) -> torch.optim.Optimizer:
