@@ -150,28 +150,32 @@ def test_sigkilled_two_process_run_with_dropout_resumes_exactly(campaign, tmp_pa
     assert result["max_rel_diff"] == 0.0
 
 
-@pytest.mark.slow   # ~3 DeepSpeed starts of ~25 s
-def test_sigkilled_zero2_run_resumes_exactly(tmp_path):
+@pytest.mark.slow   # ~3 DeepSpeed starts of ~25 s (FSDP2: ~15 s)
+@pytest.mark.parametrize("sharding", ["zero2", "fsdp2"])
+def test_sigkilled_sharded_run_resumes_exactly(tmp_path, sharding):
     from test_distributed import ENV, dpo_recipe, history, train
-    from test_sharding import zero
+    from test_sharding import fsdp, zero
 
     from alignment.models import make_tiny_model
+
+    def launch(*more):
+        return zero(tmp_path, 2, *more) if sharding == "zero2" else fsdp(*more)
 
     policy = make_tiny_model(tmp_path / "policy", seed=1, tokenizer_from="smollm2-135m")
     settings = ["trainer.save_every=2", "trainer.max_steps=6"]
     straight = dpo_recipe(tmp_path, policy, tmp_path / "straight", eval_every=None)
-    done = train(straight, *zero(tmp_path, 2, *settings), timeout=400)
+    done = train(straight, *launch(*settings), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     killed = dpo_recipe(tmp_path, policy, tmp_path / "killed", eval_every=None)
-    # rank 0 kills itself while writing step 4's checkpoint (DeepSpeed shards written,
-    # trainer_state.json not yet); the launcher then stops rank 1
+    # rank 0 kills itself while writing step 4's checkpoint (DeepSpeed shards / gathered
+    # weights written, trainer_state.json not yet); the launcher then stops rank 1
     env = {**ENV, "ALIGNMENT_KILL_AT": "checkpoint:2"}
-    first = subprocess.run([*kr.CLI, str(killed), *zero(tmp_path, 2, *settings)], env=env,
+    first = subprocess.run([*kr.CLI, str(killed), *launch(*settings)], env=env,
                            capture_output=True, text=True, timeout=400)
     assert first.returncode != 0 and not (tmp_path / "killed" / "final").exists()
     assert kr.check_checkpoints(tmp_path / "killed") == []
     assert kr.latest_step(tmp_path / "killed") == 2
-    second = train(killed, *zero(tmp_path, 2, *settings), timeout=400)
+    second = train(killed, *launch(*settings), timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr and "step-000002" in second.stderr
     result = kr.compare(tmp_path / "straight", tmp_path / "killed")

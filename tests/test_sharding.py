@@ -91,26 +91,6 @@ def test_zero_dpo_on_two_processes_equals_one_process(tmp_path, policy, one_proc
                           for r in (0, 1) for k in ("model", "optim")]
 
 
-def test_zero2_resumes_from_its_sharded_checkpoint(tmp_path, policy):
-    constant = ["trainer.scheduler=constant", "trainer.warmup_steps=0", "trainer.save_every=3"]
-    straight = dpo_recipe(tmp_path, policy, tmp_path / "straight", max_steps=6)
-    done = train(straight, *zero(tmp_path, 2, *constant), timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    parts = dpo_recipe(tmp_path, policy, tmp_path / "parts", max_steps=6)
-    first = train(parts, *zero(tmp_path, 2, *constant, "trainer.max_steps=3"), timeout=400)
-    assert first.returncode == 0, first.stderr[-3000:]
-    shutil.rmtree(tmp_path / "parts" / "final")
-    second = train(parts, *zero(tmp_path, 2, *constant), timeout=400)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stderr and "step-000003" in second.stderr
-    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "final" / "model.safetensors"))
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
-    losses = lambda out: [r["loss"] for r in history(out) if "loss" in r]  # noqa: E731
-    assert losses(tmp_path / "parts") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_grpo_under_zero_equals_one_process(tmp_path, policy, stage):
     """The online loop under ZeRO: each rank's HF engine generates from the policy (under
