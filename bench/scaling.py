@@ -97,7 +97,10 @@ def overrides(recipe: dict, processes: int, args, out: Path) -> list[str]:
               "eval.before_after=false", "logging.report_to=[]",
               f"launch.num_processes={processes}"]
     if args.tiny:
-        common += [f"model.name={args.tiny}", "model.dtype=float32", "model.lora.r=0"]
+        common += [f"model.name={args.tiny}", "model.dtype=float32", f"model.lora.r={args.lora}",
+                   "model.lora.alpha=8"]
+        if args.lora and algo in ("ppo", "apa", "drpo"):   # the critic's adapters too
+            common += [f"critic.lora.r={args.lora}", "critic.lora.alpha=8"]
     else:
         common.append(f"model.dtype={args.dtype}")
     if "prompts_per_step" in section:   # online: each process samples its share
@@ -141,7 +144,7 @@ def run(name: str, processes: int, config: str | None, recipe_path: str, args,
 
 def report(results: list[dict], args) -> None:
     print(f"\n{'dtype fp32, tiny model' if args.tiny else f'{args.dtype}, bundled model'}, "
-          f"{args.steps} steps")
+          f"{args.steps} steps{f', LoRA r={args.lora}' if args.lora else ''}")
     print(f"{'recipe':<22} {'variant':<22} {'s/step':>7} {'tok/s':>8} {'vs 1':>6} "
           f"{'peak RSS/proc':>13} {'max |Δloss| vs 1':>17}")
     for r in results:
@@ -172,6 +175,8 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--tiny", action="store_true",
                    help="a tiny random Llama in fp32 (fast: the equality check)")
+    p.add_argument("--lora", type=int, default=0,
+                   help="with --tiny: LoRA rank of the policy (and critic); 0 = full fine-tuning")
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
     p.add_argument("--json", default=None)
     args = p.parse_args()
