@@ -12,7 +12,9 @@
                                              add rewards to a jsonl file (streaming)
   alignment model NAME                       resolve a model name to a local folder
 
-User errors (bad recipe, bad data, unknown model) print one clear message and exit 2.
+User errors (bad recipe, bad data, unknown model, a full disk, an output_dir another run
+is using) print one clear message and exit 2; a rollout engine that died or hung exits 3
+after saving what it could (run the same command to resume).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from alignment.config import ConfigError
     from alignment.data import DataError
+    from alignment.disk import is_disk_full
     from alignment.errors import TrainingError
     from alignment.launch import LaunchError
     from alignment.models import ModelNotFoundError
+    from alignment.rollout.guard import EXIT_ENGINE, EngineFailure
     from reward_models.base import ScorerError
     from reward_models.reward_model import RewardModelError
     from reward_models.sandbox import IsolationError
@@ -47,12 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     # on_error: raise): one message each, no traceback
     try:
         return args.run(args)
+    except EngineFailure as exc:   # resumable: its own status, for a supervisor to retry
+        print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
+        return EXIT_ENGINE
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"{_rank_prefix()}error: disk full: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ConfigError, DataError, ModelNotFoundError, LaunchError, TrainingError,
             ScorerError, RewardModelError, IsolationError) as exc:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        where = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
-        print(f"{where}error: {exc}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _rank_prefix() -> str:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -194,15 +194,21 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ checks
 def check_checkpoints(out: Path) -> list[str]:
-    """Problems with any `checkpoints/step-*` folder: each must load completely."""
+    """Problems with any `checkpoints/step-*` folder: each must match its manifest and load
+    completely."""
     import torch
     from safetensors.torch import load_file
+
+    from alignment.trainers.checkpoint import damage
 
     problems = []
     root = out / "checkpoints"
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if folder.name.startswith("."):
             continue   # a killed save's leftover: ignored and removed on restart
+        if (why := damage(folder)) is not None:
+            problems.append(f"{folder.name}: {why}")
+            continue
         try:
             state = json.loads((folder / "trainer_state.json").read_text())
             assert state["step"] == int(folder.name.split("-")[1]), "step mismatch"

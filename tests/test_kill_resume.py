@@ -181,3 +181,31 @@ def test_sigkilled_sharded_run_resumes_exactly(tmp_path, sharding):
     result = kr.compare(tmp_path / "straight", tmp_path / "killed")
     assert result["lost"] == result["repeated"] == 0 and not result["problems"], result
     assert [r["step"] for r in history(tmp_path / "killed") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("fault", ["engine_error", "engine_hang"])
+def test_a_dying_or_hung_engine_saves_the_step_and_resumes_exactly(campaign, tmp_path, fault):
+    """The engine fails (raises, or never returns: the watchdog of rollout.timeout_s) in
+    step 4's generate call (call 5: the first is the eval before training). The run saves
+    step 3 (no checkpoint there: save_every=2), says so, exits 3; the same command resumes
+    and the curve is the uninterrupted run's, bitwise."""
+    root, _ = campaign
+    files = {"model": str(root / "policy"), "prompts": str(root / "prompts.jsonl")}
+    recipe = kr.write_recipe(tmp_path, "grpo", "run", files)
+    data = yaml.safe_load(recipe.read_text())
+    data["rollout"]["timeout_s"] = 5.0
+    recipe.write_text(yaml.safe_dump(data))
+    first = subprocess.run([*kr.CLI, str(recipe)], env={**kr.ENV, "ALIGNMENT_FAULT": f"{fault}:5"},
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 3, first.stderr[-3000:]
+    line = [x for x in first.stderr.splitlines() if x.startswith("error:")][-1]
+    assert ("hung: generate did not return within rollout.timeout_s=5" in line
+            if fault == "engine_hang" else "failed in generate: RuntimeError" in line), line
+    assert "saved checkpoint step-000003 (step 3 of 8): run the same command" in line, line
+    assert kr.check_checkpoints(tmp_path / "run") == []
+    second = subprocess.run([*kr.CLI, str(recipe)], env=kr.ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stderr and "step-000003" in second.stderr
+    result = kr.compare(root / "grpo-reference", tmp_path / "run")
+    assert result["lost"] == result["repeated"] == 0 and not result["problems"], result

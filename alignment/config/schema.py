@@ -102,6 +102,10 @@ class TrainerConfig:
         False, "resume even when the recipe differs from the checkpoint's recipe.yaml (the "
         "differences are printed); false = stop and list them. Keys that may always change "
         "on resume: see RESUME_MAY_CHANGE in alignment/trainers/checkpoint.py")
+    memory_check: bool = param(
+        True, "at start-up, refuse a run whose estimated peak memory (weights, optimizer "
+        "state, activations, reference / critic / engine copies, KV cache: "
+        "alignment/memory_estimate.py) exceeds what the machine has; false = skip the check")
 
 
 @dataclass
@@ -353,6 +357,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = param(0.3, "vllm on CUDA: fraction of GPU memory the "
                                           "engine may take (the rest is for training)",
                                           gt=0.0, le=1.0)
+    timeout_s: float = param(1800.0, "seconds one engine call (generate, weight sync) may "
+                             "take before the engine counts as hung: the run then saves a "
+                             "checkpoint where it can and exits with status 3; 0 = no limit",
+                             ge=0.0)
 
 
 @dataclass

@@ -28,19 +28,18 @@ from pathlib import Path
 import torch
 
 from alignment import atomic
-from alignment.config import Recipe, dump_recipe, recipe_to_dict
+from alignment.config import Recipe, recipe_to_dict
 from alignment.errors import TrainingError
-from alignment.lora_merge import merged_lora_state
 from alignment.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_model,
-    set_default_system_prompt,
     training_dtype,
 )
-from alignment.trainers import batching, checkpoint, distributed
+from alignment.trainers import batching, distributed
 from alignment.trainers.logger import MetricsLogger
 from alignment.trainers.optim import MasterWeightOptimizer, build_optimizer, build_scheduler
+from alignment.trainers.saving import Checkpointing
 
 
 def set_threads(threads: int | None) -> int:
@@ -55,7 +54,7 @@ def set_threads(threads: int | None) -> int:
     return threads
 
 
-class Trainer(abc.ABC):
+class Trainer(Checkpointing, abc.ABC):
     def __init__(self, recipe: Recipe, recipe_path: str | None = None):
         from accelerate.utils import set_seed
 
@@ -65,6 +64,8 @@ class Trainer(abc.ABC):
         self.accelerator = distributed.make_accelerator()
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
+        self.output_dir = Path(recipe.output_dir)
+        self._lock_output_dir()
         self.zero_stage = distributed.zero_stage(self.accelerator)   # 0: no DeepSpeed
         self.fsdp_plugin = distributed.fsdp_plugin()
         self.fsdp = self.fsdp_plugin is not None
@@ -72,7 +73,6 @@ class Trainer(abc.ABC):
         # run the same number of them (equal shares, lockstep decoding)
         self.sharded = self.zero_stage == 3 or self.fsdp
         set_seed(self.cfg.seed)
-        self.output_dir = Path(recipe.output_dir)
         self.dtype = training_dtype(recipe.model.dtype, deepspeed=bool(self.zero_stage))
         self.model_path = resolve_model(recipe.model.name)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -233,15 +233,28 @@ class Trainer(abc.ABC):
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
+        """Run to the end (resuming from the newest intact checkpoint). A rollout engine
+        that fails stops it with the state saved where possible (`saving.save_for_resume`)."""
+        from alignment.rollout.guard import EngineFailure
+
+        try:
+            return self._train()
+        except EngineFailure as exc:
+            raise EngineFailure(f"{exc}; {self.save_for_resume()}", exc.call) from exc
+        finally:
+            self.run_lock.release()
+
+    def _train(self) -> dict:
         self._resume()
         self.before_training()
         if self.step == 0:
             self.generation_eval("before")
         log = self.recipe.logging
-        logger = MetricsLogger(self.output_dir, enabled=self.is_main, total_steps=self.total_steps,
-                               start_step=self.step, report_to=log.report_to,
-                               run_name=log.run_name, project=log.project,
-                               config=recipe_to_dict(self.recipe), progress_bar=log.progress_bar)
+        self.logger = logger = MetricsLogger(
+            self.output_dir, enabled=self.is_main, total_steps=self.total_steps,
+            start_step=self.step, report_to=log.report_to, run_name=log.run_name,
+            project=log.project, config=recipe_to_dict(self.recipe),
+            progress_bar=log.progress_bar)
         self._say(f"training {self.recipe.algorithm} for {self.total_steps} steps "
                   f"({self.steps_per_epoch}/epoch, {len(self.train_set)} examples, "
                   f"{self.world} process(es), {next(self.policy.parameters()).dtype}"
@@ -254,6 +267,7 @@ class Trainer(abc.ABC):
         start = time.perf_counter()
         tokens_seen = 0
         while self.step < self.total_steps:
+            self.mark_step_start()
             metrics = self._train_step()
             tokens_seen += metrics.get("tokens", 0)
             self.step += 1
@@ -278,6 +292,7 @@ class Trainer(abc.ABC):
         self.export_final()
         logger.close(summary)
         self.accelerator.wait_for_everyone()
+        self.run_lock.release()
         return summary
 
     def planned_steps(self) -> int:
@@ -317,6 +332,7 @@ class Trainer(abc.ABC):
                                 "(zero weight on every process)")
         sums: dict[str, float] = {}
         self.model.train()
+        self.updated_this_step = True   # (from here on the state is no longer step's start)
         for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
             last = i == len(batches) - 1
             sync = (contextlib.nullcontext() if last or self.zero_stage
@@ -424,134 +440,26 @@ class Trainer(abc.ABC):
         self.accelerator.wait_for_everyone()
         return result
 
-    # ------------------------------------------------------------------ saving
-    def save_checkpoint(self, history: list[dict]) -> None:
-        if self.zero_stage:
-            return self._save_deepspeed_checkpoint(history)
-        rng_states = self._rng_states()   # (collective)
-        # (FSDP2: both gather whole tensors, a collective; rank 0 keeps them to write)
-        optimizer_state = self.optim.state_dict(keep=self.is_main)
-        weights = (distributed.full_state_dict(self.trainable, keep=self.is_main)
-                   if self.fsdp else None)
-        if self.is_main:
-            states = None if weights is None else {
-                name: self._module_state(weights, "policy" if name == "model" else name)
-                for name in ("model", *self.extra_models())}
-            checkpoint.save_checkpoint(
-                self.output_dir, self.step, model=self.policy, tokenizer=self.tokenizer,
-                extra_models=self.extra_models(), state_dicts=states,
-                trainer_state=self._trainer_state(history), optimizer_state=optimizer_state,
-                scheduler_state=self.scheduler.state_dict(), rng_states=rng_states,
-                recipe_yaml=dump_recipe(self.recipe), keep=self.cfg.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-
-    def _rng_states(self) -> list[dict]:
-        """Every process's RNG states, in rank order (a collective): their streams part
-        as soon as they draw different amounts (e.g. dropout on batches of other sizes)."""
-        states = [None] * self.world
-        if self.world == 1:
-            states[0] = checkpoint.rng_state()
-        else:
-            torch.distributed.all_gather_object(states, checkpoint.rng_state())
-        return states
-
-    def _trainer_state(self, history: list[dict]) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps,
-                "epoch": self.step / self.steps_per_epoch, "world": self.world,
-                "extra": self.extra_state(), "history": history[-1000:]}
-
-    def _save_deepspeed_checkpoint(self, history: list[dict]) -> None:
-        """The same layout plus `deepspeed/` (every process writes its optimizer shard).
-        Assembled under a fixed temporary name all processes agree on, renamed by rank 0."""
-        root = self.output_dir / "checkpoints"
-        target = root / f"step-{self.step:06d}"
-        tmp = root / f".{target.name}.tmp"
-        if self.is_main:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp / "deepspeed"))             # collective
-        weights = self.accelerator.get_state_dict(self.model)           # collective (ZeRO-3)
-        rng_states = self._rng_states()                                 # collective
-        if self.is_main:
-            self.policy.save_pretrained(tmp / "model",
-                                        state_dict=self._module_state(weights, "policy"))
-            self.tokenizer.save_pretrained(tmp / "model")
-            for name, extra in self.extra_models().items():
-                extra.save_pretrained(tmp / name, state_dict=self._module_state(weights, name))
-                self.tokenizer.save_pretrained(tmp / name)
-            checkpoint.write_trainer_files(tmp, self._trainer_state(history),
-                                           scheduler_state=self.scheduler.state_dict(),
-                                           recipe_yaml=dump_recipe(self.recipe),
-                                           rng_states=rng_states)
-            checkpoint.publish(tmp, target, keep=self.cfg.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-
-    def export_final(self) -> None:
-        """`output_dir/final`: a plain HF model (LoRA merged; adapter also kept) in fp32,
-        holding the weights the loss was computed with. Under bf16 those are the bf16
-        values, upcast exactly, and not the fp32 master copy: a master differs from its
-        weight by up to half a bf16 step, a residue no forward pass ever saw, and a model
-        made of the masters can be far worse than the one trained (a GRPO run on add2: 64%
-        greedy from its weights, 2% from its masters). fp32 makes the LoRA merge exact."""
-        # ZeRO-3 and FSDP2 shard the weights: gather them (all processes take part)
-        weights = (distributed.full_state_dict(self.trainable, keep=self.is_main)
-                   if self.zero_stage or self.fsdp else None)
-        if self.is_main:
-            if any(p.dtype in (torch.bfloat16, torch.float16)
-                   for p in self.trainable.parameters()):
-                self.trainable.float()
-            with atomic.atomic_dir(self.output_dir / "final") as tmp:
-                _save_merged(self.policy, tmp, self._module_state(weights, "policy"))
-                self._export_tokenizer().save_pretrained(tmp)
-                for name, extra in self.extra_models().items():
-                    _save_merged(extra, tmp / name, self._module_state(weights, name))
-                    self._export_tokenizer().save_pretrained(tmp / name)
-                (tmp / "recipe.yaml").write_text(dump_recipe(self.recipe))
-            self._say(f"saved {self.output_dir / 'final'}")
-        self.accelerator.wait_for_everyone()
-
-    def _export_tokenizer(self):
-        """The tokenizer, its chat template carrying data.system_prompt as the default
-        system message: the exported model is then prompted as it was trained."""
-        d = self.recipe.data
-        if not (d.system_prompt and d.chat_template and self.tokenizer.chat_template):
-            return self.tokenizer
-        import copy
-
-        tokenizer = copy.deepcopy(self.tokenizer)
-        set_default_system_prompt(tokenizer, d.system_prompt)
-        return tokenizer
-
-    def _resume(self) -> None:
-        if self.is_main:
-            checkpoint.remove_partial(self.output_dir)
-        last = checkpoint.latest_checkpoint(self.output_dir)
-        if last is None:
-            return
-        checkpoint.check_recipe(last, dump_recipe(self.recipe),
-                                ignore=self.cfg.resume_ignore_changes, say=self._say)
-        state, blobs = checkpoint.load_checkpoint(last)
-        if self.zero_stage:
-            if state["world"] != self.world or not (last / "deepspeed").is_dir():
-                how = "with" if (last / "deepspeed").is_dir() else "without"
-                raise TrainingError(f"{last} was written by {state['world']} process(es) {how} "
-                                    "DeepSpeed: resume a DeepSpeed run with the same launch "
-                                    "settings")
-            self.accelerator.load_state(str(last / "deepspeed"))   # collective
-        elif state["world"] != self.world:
-            self._say(f"note: checkpoint was written by {state['world']} process(es), now "
-                      f"{self.world}: the data order continues by global step")
-        self.optim.load_state_dict(blobs.get("optimizer", {}))
-        self.scheduler.load_state_dict(blobs["scheduler"])
-        self.load_extra_state(state.get("extra", {}))
-        checkpoint.restore_rng(blobs["rng"], self.rank, self.world)
-        self.step = state["step"]
-        self._say(f"resuming from {last} (step {self.step} of {self.total_steps})")
-
     # ------------------------------------------------------------------ helpers
+    def _lock_output_dir(self) -> None:
+        """One run per output_dir (`alignment.run_lock`): the main process takes it before
+        anything heavy loads; every process stops if it could not."""
+        from alignment.run_lock import RunLock, RunLockedError
+
+        self.run_lock = RunLock(self.output_dir)
+        refused = None
+        if self.is_main:
+            try:
+                note = self.run_lock.acquire()
+            except RunLockedError as exc:
+                refused = exc
+            else:
+                if note:
+                    self._say(note)
+        if not self._all_processes(refused is None):
+            raise refused or RunLockedError(f"output_dir {self.output_dir} is in use by "
+                                            "another run (rank 0 says which)")
+
     def _steps_per_epoch(self) -> int:
         n = len(batching.epoch_plan(self._lengths(), batch_size=self.cfg.batch_size,
                                     seed=self.cfg.seed, epoch=0))
@@ -607,16 +515,3 @@ class Trainer(abc.ABC):
     def _say(self, text: str) -> None:
         if self.is_main:
             print(text, file=sys.stderr, flush=True)
-
-
-def _save_merged(model, folder: Path, state_dict: dict | None) -> None:
-    """A plain HF folder; a PEFT model is merged (its adapter also kept, in `adapter/`).
-    `state_dict`: the gathered weights under DeepSpeed (the module's own may be shards)."""
-    if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(folder / "adapter", state_dict=state_dict)
-        if state_dict is None:
-            model = model.merge_and_unload()
-        else:
-            state_dict = merged_lora_state(state_dict, model.peft_config["default"])
-            model = model.get_base_model()
-    model.save_pretrained(folder, state_dict=state_dict)

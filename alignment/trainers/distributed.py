@@ -247,6 +247,12 @@ def gradient_sync(model: torch.nn.Module, sync: bool):
         model.set_requires_gradient_sync(True)
 
 
+def full_numel(p: torch.Tensor) -> int:
+    """Elements of the whole parameter behind `p` (a ZeRO-3 placeholder or an FSDP2 shard:
+    a DTensor's `numel` is already the global one)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
 def is_dtensor(x) -> bool:
     from torch.distributed.tensor import DTensor
 

@@ -11,7 +11,9 @@ import torch
 
 from alignment.data import DataError
 from alignment.data.prepare import MappedRows
+from alignment.errors import TrainingError
 from alignment.rollout import SamplingParams, make_engine, vllm_available
+from alignment.rollout.guard import EngineFailure, GuardedEngine
 from alignment.rollout.kv_cache import KVCacheSize, model_kv_cache
 from alignment.trainers.online_parts import PromptExample
 from reward_models import is_correct
@@ -51,8 +53,17 @@ class EngineSetup:
         t0 = time.perf_counter()
         options = (self._vllm_options() if backend == "vllm"
                    else {"synced": self.sharded})   # ZeRO-3 / FSDP2: decode in lockstep
-        self.engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
-                                  model_path=str(self.model_path), **options)
+        try:
+            engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
+                                 model_path=str(self.model_path), **options)
+        except (TrainingError, ValueError):   # a verdict or a bad setting: as it is
+            raise
+        except Exception as exc:
+            raise EngineFailure(f"the rollout engine ({backend}) failed to start: "
+                                f"{type(exc).__name__}: {exc}", call="start") from exc
+        # every call watched: a failure or a hang stops the run resumably (`rollout.guard`)
+        self.engine = GuardedEngine(engine, timeout_s=r.timeout_s, on_hang=self.engine_hung,
+                                    log_dir=self.output_dir if self.is_main else None)
         self._say(f"rollout engine: {self.engine.backend} ({time.perf_counter() - t0:.1f} s "
                   "to start)")
         if backend == "vllm" and torch.cuda.is_available():
