@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     except EngineFailure as exc:   # resumable: its own status, for a supervisor to retry
         print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
         return EXIT_ENGINE
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        print(f"{_rank_prefix()}error: disk full: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except (ConfigError, DataError, ModelNotFoundError, LaunchError, TrainingError,
             ScorerError, RewardModelError, IsolationError) as exc:
         print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:   # a full disk met by any other write (logs, data cache)
+        if not is_disk_full(exc):
+            raise
+        print(f"{_rank_prefix()}error: disk full: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

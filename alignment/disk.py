@@ -90,3 +90,19 @@ def disk_full_stops(where: Path, need: int, what: str, kept: str) -> Iterator[No
         if not is_disk_full(exc, where, need):
             raise
         raise DiskFullError(what, where, need, kept) from exc
+
+
+def save_torch(obj, path: Path, what: str) -> None:
+    """`torch.save` to `path` whole or not at all (a temporary name, then a rename); a full
+    disk stops the run as DiskFullError naming `what`."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    kept = "the checkpoints are intact: free space, then run the same command"
+    try:
+        with disk_full_stops(path.parent, 0, what, kept):
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

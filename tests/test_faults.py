@@ -72,6 +72,26 @@ def test_what_counts_as_a_full_disk(tmp_path):
         require_space(tmp_path, 1 << 60, "checkpoint step-000002", "the last one is intact")
 
 
+def test_a_torch_file_is_written_whole_or_the_disk_is_named(tmp_path, monkeypatch):
+    import torch
+
+    from alignment import disk
+
+    target = tmp_path / "table.pt"
+    disk.save_torch({"x": torch.ones(3)}, target, "the cache")
+    assert torch.load(target)["x"].sum() == 3
+
+    def full(obj, path):   # torch's writer on a full disk: a partial file, no errno
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 0)
+    with pytest.raises(DiskFullError, match="disk full: the cache needs about"):
+        disk.save_torch({"x": torch.zeros(3)}, target, "the cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.pt"]   # old file kept
+
+
 # Runs inside a private mount namespace (`unshare -rm`) on a tmpfs of 40 MB, then 100 MB:
 # (1) step 1's checkpoint fits, step 2's does not: refused before writing; (2) the disk
 # fills during step 2's write (ALIGNMENT_FAULT=fill_disk): the write fails for real, with

@@ -368,6 +368,9 @@ def _check_paths(obj: Any, prefix: str, base_dir: Path, problems: list[str]) -> 
         elif f.metadata.get("source") and value is not None:
             from alignment.data.sources import source_problem
 
+            if key == "eval.data" and not obj.before_after:
+                continue   # not read: no generation eval before/after
+
             resolved, problem = source_problem(value, base_dir)
             if problem:
                 problems.append(f"{key}: {problem}")

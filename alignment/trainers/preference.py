@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from alignment import disk
 from alignment.data.prepare import MappedRows
 from alignment.models import resolve_model
 from alignment.trainers import batching
@@ -137,11 +138,8 @@ class PreferenceTrainer(PairData, Trainer):
                   "eval": self._reference_table(self.eval_set)}
         self.__dict__.pop("_ref_model", None)
         if self.is_main:
-            buffer = {"key": key, **tables}
-            tmp = cache.with_suffix(".tmp")
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(buffer, tmp)
-            tmp.replace(cache)
+            disk.save_torch({"key": key, **tables}, cache, "the reference log-prob cache")
         return tables
 
     @torch.no_grad()

@@ -35,7 +35,7 @@ from dataclasses import asdict
 
 import torch
 
-from alignment import atomic
+from alignment import atomic, disk
 from alignment.losses import spin_loss
 from alignment.trainers import batching
 from alignment.trainers.base import TrainingError
@@ -227,9 +227,9 @@ class SPINTrainer(EngineSetup, PreferenceTrainer):
                 for p in pairs]
         atomic.write_text(folder / "generated.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        tmp = folder / ".opponent_logps.pt.tmp"
-        torch.save({"key": key, "table": table}, tmp)
-        tmp.replace(folder / "opponent_logps.pt")   # written last: its presence = complete
+        # written last: its presence = complete
+        disk.save_torch({"key": key, "table": table}, folder / "opponent_logps.pt",
+                        f"SPIN's opponent log-probs ({folder.name})")
         atomic.write_json(folder / "key.json", {"key": key})
 
     def _load_iteration(self, folder, key: str, table: bool = True):
