@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout bench-cost bench-shapes clean
+.PHONY: setup test test-fast docs docs-build demo demo-dpo lint data bench-dpo bench-grpo bench-pairs bench-rm bench-rollout bench-scaling bench-actor-critic bench-kill bench-layout bench-cost bench-shapes clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,15 @@ test: setup
 # Everything but the tests that load the real bundled model or start vLLM.
 test-fast: setup
 	$(PY) -m pytest -q -m "not bundled and not vllm and not slow" $(PYTEST_ARGS)
+
+# The documentation site (MkDocs Material): built with --strict (no broken link, no page
+# left out), then served on http://127.0.0.1:8000. docs-build: build only, into site/.
+docs: docs-build
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+docs-build: setup
+	$(PY) scripts/recipe_reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The main job on the bundled default: the GRPO showcase (recipes/grpo.yaml, ~25 min).
 demo: setup

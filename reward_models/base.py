@@ -20,6 +20,15 @@ class ScorerError(RuntimeError):
     """A scorer failed on a sample (raised only with on_error='raise')."""
 
 
+class RowError(ValueError):
+    """A data row a scorer cannot use (e.g. no tests to run): `index` is the sample's
+    position in the batch, so the caller can name the row's file and line."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"sample {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
 @dataclass
 class ScoreResult:
     rewards: list[float]

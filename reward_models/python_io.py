@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reward_models.base import ScoreResult
+from reward_models.base import RowError, ScoreResult
 from reward_models.python_tests import SandboxedScorer, check_rows, extract_code, failure_reason
 from reward_models.sandbox import IsolationError, SandboxError, run_python
 
@@ -84,7 +84,7 @@ class PythonIOScorer(SandboxedScorer):
             try:
                 jobs.append((extract_code(completion), *self.cases_of(row)))
             except ValueError as exc:
-                raise ValueError(f"sample {i}: {exc}") from None
+                raise RowError(i, str(exc)) from None
         return self.score_jobs(jobs, lambda job: self._one(*job))
 
     def _one(self, code: str, fn_name: str | None, inputs: list,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reward_models.base import Scorer, ScoreResult
+from reward_models.base import RowError, Scorer, ScoreResult
 from reward_models.sandbox import MODES, IsolationError, SandboxError, SandboxResult, run_python
 from reward_models.sandbox.modes import require
 from reward_models.sandbox.runner import wrap_tests
@@ -108,7 +108,7 @@ class PythonTestsScorer(SandboxedScorer):
             try:
                 jobs.append((extract_code(completion), self.tests_of(row)))
             except ValueError as exc:
-                raise ValueError(f"sample {i}: {exc}") from None
+                raise RowError(i, str(exc)) from None
 
         def one(job: tuple[str, str]) -> tuple[float, str | None]:
             try:

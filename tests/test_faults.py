@@ -103,7 +103,8 @@ run() {  # name, extra env, overrides...
     env $fault "$PY" -m alignment train "$RECIPE" output_dir="$MNT/$name" "$@" \
         >/dev/null 2>>"$OUT/$name.err"
     echo $? >> "$OUT/$name.rc"
-    "$PY" -c "import json, sys, os; from alignment.trainers.checkpoint import checkpoint_dirs, damage
+    "$PY" -c "import json, sys, os
+from alignment.trainers.checkpoint import checkpoint_dirs, damage
 root = sys.argv[1]
 print(json.dumps({'intact': [p.name for p in checkpoint_dirs(root) if damage(p) is None],
                   'all': sorted(os.listdir(os.path.join(root, 'checkpoints')))}))" \

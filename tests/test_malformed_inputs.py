@@ -624,6 +624,12 @@ train("scorer-raises-with-on-error-raise",
       TRAIN_GRPO + "rewards: [{name: 'malformed_case_scorer:explode', on_error: raise}]\n",
       "explode: sample 0: ValueError: this reward function is broken", files=PROMPT_ROWS,
       setup=_failing_scorer)
+train("python-tests-row-without-tests",   # named by file and line, not a traceback
+      TRAIN_GRPO + "rewards: [{name: python_tests}]\n",
+      "error: rewards: @TMP@/prompts.jsonl line ", "python_tests: the row has no tests: "
+      "column 'tests' is missing or empty",
+      files={"prompts.jsonl": jsonl(*[{"prompt": f"Write f{i}.", "tests": ""}
+                                      for i in range(4)])})
 train("non-finite-losses",
       TRAIN_DPO.replace("'@TINY@'", "'@TMP@/nan_model'").replace("max_steps: 2",
                                                                "max_steps: 2, max_nan_steps: 1"),

@@ -56,8 +56,10 @@ class EngineSetup:
         try:
             engine = make_engine(backend, model=self.policy, tokenizer=self.tokenizer,
                                  model_path=str(self.model_path), **options)
-        except (TrainingError, ValueError):   # a verdict or a bad setting: as it is
+        except TrainingError:   # a verdict (e.g. stale weights): as it is
             raise
+        except ValueError as exc:   # a setting this machine cannot honour (no vLLM here)
+            raise TrainingError(f"rollout.backend: {exc}") from None
         except Exception as exc:
             raise EngineFailure(f"the rollout engine ({backend}) failed to start: "
                                 f"{type(exc).__name__}: {exc}", call="start") from exc

@@ -45,6 +45,7 @@ from alignment.trainers.online_parts import (  # noqa: F401 - _micro_batches: te
     _timed,
 )
 from alignment.trainers.sequences import attention_width, collate_online, group_token_logps
+from reward_models.base import RowError, ScorerError
 from reward_models.registry import build_composite
 
 VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
@@ -339,7 +340,13 @@ class OnlineTrainer(EngineSetup, Trainer):
         # the prompt as written in the data, as `alignment score` passes it (a reward model
         # renders it with its own template; the policy's rendering would be templated twice)
         raw = [prompts[i].raw for i in rollouts.prompt_index]
-        result = self.scorer.score(raw, rollouts.texts, rows)
+        try:
+            result = self.scorer.score(raw, rollouts.texts, rows)
+        except RowError as exc:   # a row no scorer can use: name it
+            where = prompts[rollouts.prompt_index[exc.index]].where
+            raise ScorerError(f"rewards: {where}: {exc.reason}") from None
+        except ValueError as exc:   # e.g. a user's scorer returning the wrong shape
+            raise ScorerError(f"rewards: {exc}") from None
         for i, error in enumerate(result.errors):
             if error is not None:
                 info.errors += 1
