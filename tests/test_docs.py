@@ -28,7 +28,7 @@ def test_the_reference_follows_a_changed_default(monkeypatch):
     monkeypatch.setattr(lr, "default", 0.125)
     changed = reference_markdown()
     assert changed != PAGE.read_text()
-    assert row not in changed and "| `trainer.lr` | float | `0.125` |" in changed
+    assert row not in changed and "| `trainer.lr` | `0.125` | *float, > 0* — " in changed
 
 
 def test_every_recipe_key_is_in_the_reference():

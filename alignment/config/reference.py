@@ -63,8 +63,8 @@ def _row(key: str, f: dataclasses.Field, tp) -> str:
         bounds.append("must exist")
     if meta.get("source"):
         bounds.append("data source")
-    cells = [f"`{key}`", _cell(_type_name(tp)), _cell(_default(f)), ", ".join(bounds),
-             _cell(meta.get("help", ""))]
+    kind = ", ".join([_type_name(tp), *bounds])
+    cells = [f"`{key}`", _cell(_default(f)), _cell(f"*{kind}* — {meta.get('help', '')}")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -83,5 +83,5 @@ def _cell(text: str) -> str:
 
 
 def _table(rows: list[str]) -> str:
-    return "\n".join(["| key | type | default | bounds | what it does |",
-                      "|---|---|---|---|---|", *rows]) + "\n"
+    return "\n".join(["| key | default | type, bounds — what it does |",
+                      "|---|---|---|", *rows]) + "\n"
