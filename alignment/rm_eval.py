@@ -38,7 +38,12 @@ def evaluate_reward_model(path: str, data: str, *, by: tuple[str, ...] = ("task"
         prompts += [scorer_prompt(ex)] * 2
         completions += [_text(ex.completions["chosen"]), _text(ex.completions["rejected"])]
     rewards, errors = _score(scorer, prompts, completions, batch_size, progress)
+    from reward_models.diagnostics import length_bias
+
+    scored = [k for k in range(len(completions)) if errors[k] is None]
+    bias = length_bias([rewards[k] for k in scored], [completions[k] for k in scored])
     margins, groups = [], {c: defaultdict(list) for c in by}
+    shorter = [0, 0]   # pairs of unequal length: (the shorter one scored higher, all)
     for k, ex in enumerate(kept):
         error = errors[2 * k] or errors[2 * k + 1]
         if error is not None:     # e.g. over the scorer's max_length
@@ -46,6 +51,10 @@ def evaluate_reward_model(path: str, data: str, *, by: tuple[str, ...] = ("task"
             continue
         margin = rewards[2 * k] - rewards[2 * k + 1]
         margins.append(margin)
+        long_chosen = len(completions[2 * k]) - len(completions[2 * k + 1])
+        if long_chosen and margin:
+            shorter[0] += (long_chosen > 0) == (margin < 0)
+            shorter[1] += 1
         for column in by:
             if column in ex.extra:
                 groups[column][str(ex.extra[column])].append(margin)
@@ -55,7 +64,10 @@ def evaluate_reward_model(path: str, data: str, *, by: tuple[str, ...] = ("task"
               "by": {c: {v: _summary(m) for v, m in sorted(g.items())}
                      for c, g in groups.items() if g},
               "skipped": {reason: {"n": len(rows), "first": rows[:3]}
-                          for reason, rows in skipped.items()}}
+                          for reason, rows in skipped.items()},
+              "length_bias": {**bias, "shorter_preferred": (shorter[0] / shorter[1]
+                                                            if shorter[1] else None),
+                              "unequal_pairs": shorter[1]}}
     return result
 
 
@@ -95,6 +107,13 @@ def format_table(result: dict) -> str:
                  f"{result['mean_margin']:>10.3f}")
     if result["ties"]:
         lines.append(f"({result['ties']} ties, counted wrong)")
+    from reward_models.diagnostics import describe
+
+    lines.append(describe(result["length_bias"]))
+    if result["length_bias"]["shorter_preferred"] is not None:
+        lines.append(f"the shorter completion scored higher in "
+                     f"{result['length_bias']['shorter_preferred']:.1%} of the "
+                     f"{result['length_bias']['unequal_pairs']} pairs of unequal length")
     for reason, s in result["skipped"].items():
         lines.append(f"skipped {s['n']} pairs: {reason} (first: {', '.join(s['first'])})")
     return "\n".join(lines)

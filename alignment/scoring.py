@@ -31,7 +31,8 @@ def score_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size:
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    stats = {"rows": 0, "scored": 0, "unscorable": [], "scorer_errors": 0}
+    stats = {"rows": 0, "scored": 0, "unscorable": [], "scorer_errors": 0,
+             "lengths": [], "rewards": []}   # (for the length-bias diagnostic)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -114,12 +115,19 @@ def _flush(scorer: Scorer, batch, dst, stats, prompt_column, completion_column) 
         if error is not None:
             scored["error"] = f"line {n}: {error}"
             stats["scorer_errors"] += 1
+        else:
+            stats["rewards"].append(result.rewards[k])
+            stats["lengths"].append(len(row[completion_column]))
         dst.write(json.dumps(scored, ensure_ascii=False) + "\n")
         k += 1
 
 
 def report(stats: dict, output: str) -> None:
+    from reward_models.diagnostics import describe, spearman
+
     print(f"scored {stats['scored']} of {stats['rows']} rows -> {output}")
+    rho = spearman(stats["rewards"], stats["lengths"]) if stats["rewards"] else None
+    print(describe({"n": len(stats["rewards"]), "spearman": rho}))
     if stats["scorer_errors"]:
         print(f"{stats['scorer_errors']} rows scored 0 because the scorer failed on them "
               "(see their 'error' field)", file=sys.stderr)

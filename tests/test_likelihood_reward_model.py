@@ -116,6 +116,12 @@ def test_eval_cli_reports_the_trainers_accuracy_and_margin(likelihood_rm, tmp_pa
     assert result["accuracy"] == pytest.approx(final["eval/rewards/accuracy"], abs=1e-9)
     # the shared start adds the same log-prob to both: the margins are the whole sequences'
     assert result["mean_margin"] == pytest.approx(final["eval/rewards/margin"], rel=2e-3)
+    # the length diagnostic: over the 32 scored completions, and per pair
+    bias = result["length_bias"]
+    assert bias["n"] == 32 and -1 <= bias["spearman"] <= 1
+    assert bias["unequal_pairs"] <= 16
+    assert (bias["shorter_preferred"] is None if bias["unequal_pairs"] == 0
+            else 0 <= bias["shorter_preferred"] <= 1)
 
 
 def test_likelihood_folder_checks(likelihood_rm, tmp_path, capsys):

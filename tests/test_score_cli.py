@@ -39,6 +39,8 @@ def test_scores_in_order_and_keeps_bad_rows(tmp_path):
     assert rows[4]["error"].startswith("line 6: exact_answer")
     assert "2 rows could not be scored" in result.stderr and "line 3" in result.stderr
     assert "scored 3 of 5 rows" in result.stdout
+    # exact answer: 1.0 on "#### 5" (6 chars), 0.0 on "it is 5" (7): too few rows to rank
+    assert "length bias: not measurable on 2 rows" in result.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["scored.jsonl"]   # no temp left
 
 
@@ -98,3 +100,19 @@ def test_score_cli_with_reward_model(tmp_path, tiny_reward_model):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(isinstance(r["reward"], float) and "reward_reward_model" in r for r in rows)
+
+
+def test_length_bias_is_spearman_of_score_and_length():
+    from reward_models.diagnostics import describe, length_bias, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their mean rank: ranks x = 1, 2.5, 2.5, 4; y = 1, 2, 3, 4 -> r = 0.9487
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
+    short_wins = length_bias([3.0, 2.0, 1.0, float("nan")], ["a", "bb", "ccc", "dddd"])
+    assert short_wins == {"n": 3, "spearman": pytest.approx(-1.0)}
+    line = describe(short_wins)
+    assert "ρ(score, completion length) = -1.00 over 3 rows" in line
+    assert "favour shorter completions" in line
+    assert "warning" not in describe({"n": 50, "spearman": 0.1})
