@@ -183,29 +183,38 @@ def test_sigkilled_sharded_run_resumes_exactly(tmp_path, sharding):
     assert [r["step"] for r in history(tmp_path / "killed") if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("fault", ["engine_error", "engine_hang"])
-def test_a_dying_or_hung_engine_saves_the_step_and_resumes_exactly(campaign, tmp_path, fault):
-    """The engine fails (raises, or never returns: the watchdog of rollout.timeout_s) in
-    step 4's generate call (call 5: the first is the eval before training). The run saves
-    step 3 (no checkpoint there: save_every=2), says so, exits 3; the same command resumes
-    and the curve is the uninterrupted run's, bitwise."""
+def test_a_dying_or_hung_engine_saves_the_step_and_resumes_exactly(campaign, tmp_path):
+    """The engine raises in step 4's generate call (call 5: the first is the eval before
+    training): the run saves step 3 (no checkpoint there: save_every=2), says so, exits 3.
+    The same command resumes; its engine then never returns from step 6's call (call 4 of
+    that launch: steps 4, 5, 6 and the eval after step 4), and the watchdog (rollout.timeout_s) saves step 5 and exits 3. The third
+    launch finishes, and the curve is the uninterrupted run's, bitwise."""
     root, _ = campaign
     files = {"model": str(root / "policy"), "prompts": str(root / "prompts.jsonl")}
     recipe = kr.write_recipe(tmp_path, "grpo", "run", files)
     data = yaml.safe_load(recipe.read_text())
     data["rollout"]["timeout_s"] = 5.0
     recipe.write_text(yaml.safe_dump(data))
-    first = subprocess.run([*kr.CLI, str(recipe)], env={**kr.ENV, "ALIGNMENT_FAULT": f"{fault}:5"},
-                           capture_output=True, text=True, timeout=300)
+
+    def launch(fault=None):
+        env = {**kr.ENV, **({"ALIGNMENT_FAULT": fault} if fault else {})}
+        done = subprocess.run([*kr.CLI, str(recipe)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        errors = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+        return done, errors[-1] if errors else ""
+
+    first, line = launch("engine_error:5")
     assert first.returncode == 3, first.stderr[-3000:]
-    line = [x for x in first.stderr.splitlines() if x.startswith("error:")][-1]
-    assert ("hung: generate did not return within rollout.timeout_s=5" in line
-            if fault == "engine_hang" else "failed in generate: RuntimeError" in line), line
+    assert "the rollout engine (hf) failed in generate: RuntimeError" in line, line
     assert "saved checkpoint step-000003 (step 3 of 8): run the same command" in line, line
     assert kr.check_checkpoints(tmp_path / "run") == []
-    second = subprocess.run([*kr.CLI, str(recipe)], env=kr.ENV, capture_output=True,
-                            text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
+    second, line = launch("engine_hang:4")
+    assert second.returncode == 3, second.stderr[-3000:]
     assert "resuming from" in second.stderr and "step-000003" in second.stderr
+    assert "hung: generate did not return within rollout.timeout_s=5 s at step 6" in line, line
+    assert "saved checkpoint step-000005 (step 5 of 8)" in line, line
+    third, _ = launch()
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "step-000005" in third.stderr.split("resuming from")[1]
     result = kr.compare(root / "grpo-reference", tmp_path / "run")
     assert result["lost"] == result["repeated"] == 0 and not result["problems"], result
