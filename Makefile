@@ -86,7 +86,7 @@ bench-kill: setup
 
 # Every trainer on add2 from its shipped recipe: same samples budget, same seeds, each run
 # cached under the hash of its resolved recipe (bench/COMPARISON.md, bench/compare_*.png;
-# 1 h 57 min on 2 cores, measured). compare-quick: the same code path on a tiny random
+# 3 seeds: about 3 h on 2 cores, from 1 h 57 min measured for 2). compare-quick: the same code path on a tiny random
 # model (~2 min; runs/compare-quick/COMPARISON.md).
 .PHONY: compare compare-quick
 compare: setup

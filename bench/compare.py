@@ -1,6 +1,6 @@
 """Every trainer on the same task, budget and seeds: one table and its plots (issue #17).
 
-    make compare                # all 12 trainers x 2 seeds on the bundled model (the
+    make compare                # all 12 trainers x 3 seeds on the bundled model (the
                                 # README says how long it took); every first seed first
     make compare-quick          # the same code path on a tiny random model: ~2 min
     python bench/compare.py --trainers grpo,ppo --seeds 42,43
@@ -99,7 +99,7 @@ TRAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dr_grpo": ("recipes/dr_grpo.yaml", ()),
 }
 
-FULL = {"samples": 1600, "seeds": "42,43", "runs": "runs/compare", "out": "bench",
+FULL = {"samples": 1600, "seeds": "42,43,44", "runs": "runs/compare", "out": "bench",
         "probe_prompts": 100}
 # --quick: a tiny random model (2 layers, 32 wide, the bundled tokenizer), HF generate,
 # 4 eval prompts, 32 training rows; 128 samples = 2 online steps, 8 offline steps, 2 SPIN

@@ -117,6 +117,29 @@ def results_table(runs: list, stats: dict[str, dict]) -> list[str]:
     return lines
 
 
+def seed_spread(stats: dict[str, dict], goal_points: float = 10.0) -> list[str]:
+    """What the seeds say: each trainer's spread (highest - lowest accuracy after), and
+    which differences between trainers are larger than the seed spread (their seed ranges
+    do not overlap). With fewer than two seeds, nothing."""
+    seeded = {n: s for n, s in stats.items() if s.get("n", 0) > 1}
+    if not seeded:
+        return []
+    spread = {n: 100 * (s["accuracy_after_max"] - s["accuracy_after_min"])
+              for n, s in seeded.items()}
+    wide = [n for n, v in spread.items() if v > goal_points]
+    ranked = sorted(seeded, key=lambda n: -seeded[n]["accuracy_after"])
+    apart = [f"{a} > {b}" for i, a in enumerate(ranked) for b in ranked[i + 1:]
+             if seeded[a]["accuracy_after_min"] > seeded[b]["accuracy_after_max"]]
+    return ["## Beyond the seed spread", "",
+            "Seed spread (highest - lowest accuracy after, points): " + ", ".join(
+                f"{n} {spread[n]:.0f}" for n in ranked) + ".",
+            f"Wider than {goal_points:.0f} points: " + (", ".join(wide) if wide else "none")
+            + ".",
+            "Differences larger than the seed spread (the two trainers' seed ranges do not "
+            "overlap): " + ("; ".join(apart) if apart else "none") + "; every other "
+            "ordering in the table is within the noise of these seeds.", ""]
+
+
 def runs_table(runs: list, records: list[dict]) -> list[str]:
     by_key = {(r["trainer"], r["seed"]): r for r in records}
     lines = ["| trainer | seed | key | status | before | after | steps | wall | peak RSS |",
@@ -171,7 +194,7 @@ def write_report(out_dir: Path, runs: list, records: list[dict], meta: dict) -> 
                  "(expected several hours on 2 cores); the table fills in as runs finish "
                  "(`python bench/compare.py --report-only` at any time)."]
     body = ["", *results_table(runs, stats), "",
-            HOW_TO_READ.format(samples=meta["samples"], last=10)]
+            HOW_TO_READ.format(samples=meta["samples"], last=10), "", *seed_spread(stats)]
     if plotted:
         body += ["", "![held-out accuracy vs wall time](compare_accuracy_vs_time.png)", "",
                  "Accuracy against the wall time of each run (one line per seed): the HF "

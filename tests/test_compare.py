@@ -96,6 +96,24 @@ def test_aggregate_spread_and_frontier():
     assert compare_report.pareto([(3, 0.5), (1, 1.0), (2, 1.5), (4, 1.4)]) == [(1, 1.0), (2, 1.5)]
 
 
+def test_the_report_says_which_differences_beat_the_seed_spread():
+    def acc(lo, mid, hi):
+        return {"n": 3, "accuracy_after": mid, "accuracy_after_min": lo,
+                "accuracy_after_max": hi}
+
+    lines = compare_report.seed_spread({"grpo": acc(0.60, 0.63, 0.66),
+                                        "ppo": acc(0.34, 0.58, 0.81),
+                                        "dpo": acc(0.26, 0.28, 0.29),
+                                        "one": {"n": 1, "accuracy_after": 0.9}})
+    text = "\n".join(lines)
+    assert "Seed spread (highest - lowest accuracy after, points): grpo 6, ppo 47, dpo 3." \
+        in text
+    assert "Wider than 10 points: ppo." in text
+    # the lowest seeds of grpo and ppo beat dpo's highest; grpo and ppo overlap
+    assert "do not overlap): grpo > dpo; ppo > dpo; every other ordering" in text
+    assert compare_report.seed_spread({"one": {"n": 1}}) == []
+
+
 def test_report_before_any_run_says_not_measured(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     runs = _plan(tmp_path / "runs", names=["grpo", "dpo"])

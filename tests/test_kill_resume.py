@@ -187,8 +187,9 @@ def test_a_dying_or_hung_engine_saves_the_step_and_resumes_exactly(campaign, tmp
     """The engine raises in step 4's generate call (call 5: the first is the eval before
     training): the run saves step 3 (no checkpoint there: save_every=2), says so, exits 3.
     The same command resumes; its engine then never returns from step 6's call (call 4 of
-    that launch: steps 4, 5, 6 and the eval after step 4), and the watchdog (rollout.timeout_s) saves step 5 and exits 3. The third
-    launch finishes, and the curve is the uninterrupted run's, bitwise."""
+    that launch: steps 4, 5, 6 and the eval after step 4), and the watchdog
+    (rollout.timeout_s) saves step 5 and exits 3. The third launch finishes, and the curve
+    is the uninterrupted run's, bitwise."""
     root, _ = campaign
     files = {"model": str(root / "policy"), "prompts": str(root / "prompts.jsonl")}
     recipe = kr.write_recipe(tmp_path, "grpo", "run", files)
