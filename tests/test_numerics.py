@@ -389,7 +389,7 @@ def test_the_online_loop_stops_on_an_engine_one_step_stale(tmp_path, bundled_mod
         return trainer
 
     def steps(trainer, n):   # the loop of `train()`, without its checkpoint and export
-        trainer.output_dir.mkdir(parents=True)
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)   # (holds the run lock)
         trainer.before_training()
         for _ in range(n):
             row = trainer._train_step()
