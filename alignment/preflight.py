@@ -5,6 +5,8 @@ reference log-probs take before a bad output folder or a missing column would su
     disk           free space for one checkpoint (estimated from the model's parameter count)
     data           every data source opens, and its columns are right for the algorithm
                    (the column names only: no row is validated or tokenised here)
+    memory         the run's estimated peak memory against what the machine has
+                   (alignment/memory_estimate.py; trainer.memory_check=false skips it)
 
 Each problem raises the error the command line turns into one line and exit status 2.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 from alignment.config import ConfigError, Recipe
@@ -31,6 +34,21 @@ def preflight(recipe: Recipe) -> None:
     check_output_dir(recipe.output_dir)
     check_data(recipe)
     check_disk(recipe)
+    check_memory(recipe)
+
+
+def check_memory(recipe: Recipe) -> None:
+    """The estimate of alignment/memory_estimate.py against this machine's free memory
+    (skipped when the model is not a local folder yet). Not inside a launched process:
+    the launching command checked all of its processes together, before starting them."""
+    from alignment.launch import inside_launched_process
+    from alignment.memory_estimate import check_memory as check
+
+    if inside_launched_process():
+        return
+    estimate = check(recipe)
+    if estimate is not None:
+        print(estimate.one_line(), file=sys.stderr, flush=True)
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -114,9 +132,9 @@ def check_disk(recipe: Recipe) -> None:
                            f"{path} has {_gb(free)} free"])
 
 
-def parameter_count(name: str) -> int | None:
-    """Parameters of a local model folder, from its safetensors headers (no weights read),
-    else from the weight files' sizes and config dtype; None when it is not local."""
+def model_folder(name: str) -> Path | None:
+    """The local folder of model `name` (the bundled model's once converted, a training
+    output's final/), without converting or downloading anything; None when not local."""
     from alignment.models import BUNDLED, cache_dir
 
     if name in BUNDLED:
@@ -125,7 +143,14 @@ def parameter_count(name: str) -> int | None:
         folder = Path(name).expanduser()
         if folder.is_dir() and not (folder / "config.json").is_file():
             folder = folder / "final"
-    if not (folder / "config.json").is_file():
+    return folder if (folder / "config.json").is_file() else None
+
+
+def parameter_count(name: str) -> int | None:
+    """Parameters of a local model folder, from its safetensors headers (no weights read),
+    else from the weight files' sizes and config dtype; None when it is not local."""
+    folder = model_folder(name)
+    if folder is None:
         return None
     tensors = sorted(folder.glob("*.safetensors"))
     if tensors:
