@@ -42,7 +42,7 @@ def check_memory(recipe: Recipe) -> None:
     (skipped when the model is not a local folder yet). Not inside a launched process:
     the launching command checked all of its processes together, before starting them."""
     from alignment.launch import inside_launched_process
-    from alignment.memory_estimate import check_memory as check
+    from alignment.memory_check import check_memory as check
 
     if inside_launched_process():
         return

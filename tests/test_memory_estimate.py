@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from alignment import memory_estimate
+from alignment import memory_check
 from alignment.config import recipe_from_dict
-from alignment.memory_estimate import (
-    MemoryEstimate,
-    NotEnoughMemoryError,
-    check_memory,
-    estimate_memory,
-)
+from alignment.memory_check import NotEnoughMemoryError, available_memory, check_memory
+from alignment.memory_estimate import MemoryEstimate, estimate_memory
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
          "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -131,8 +127,8 @@ def test_processes_multiply_the_machine_total(tiny_model_dir):
 
 
 def test_check_refuses_with_numbers_and_keys(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(memory_estimate, "_cuda", lambda: False)
-    monkeypatch.setattr(memory_estimate, "available_memory", lambda: 10 << 20)   # 10 MB
+    monkeypatch.setattr(memory_check, "_cuda", lambda: False)
+    monkeypatch.setattr(memory_check, "available_memory", lambda: 10 << 20)   # 10 MB
     recipe = _recipe(tiny_model_dir, "grpo", "rollout.backend=vllm", "trainer.batch_size=4",
                      "rollout.max_new_tokens=4")   # (short: the weights' state dominates)
     with pytest.raises(NotEnoughMemoryError) as err:
@@ -147,10 +143,10 @@ def test_check_refuses_with_numbers_and_keys(tiny_model_dir, monkeypatch):
 
 
 def test_check_passes_with_room_and_can_be_skipped(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(memory_estimate, "_cuda", lambda: False)
-    monkeypatch.setattr(memory_estimate, "available_memory", lambda: 1 << 50)
+    monkeypatch.setattr(memory_check, "_cuda", lambda: False)
+    monkeypatch.setattr(memory_check, "available_memory", lambda: 1 << 50)
     assert check_memory(_recipe(tiny_model_dir)) is not None
-    monkeypatch.setattr(memory_estimate, "available_memory", lambda: 10 << 20)
+    monkeypatch.setattr(memory_check, "available_memory", lambda: 10 << 20)
     assert check_memory(_recipe(tiny_model_dir, "dpo", "trainer.memory_check=false")) is None
     # a model that is not a local folder (a hub id): nothing to count, no check
     assert check_memory(_recipe("org/not-local")) is None
@@ -159,8 +155,8 @@ def test_check_passes_with_room_and_can_be_skipped(tiny_model_dir, monkeypatch):
 def test_preflight_runs_the_check(tiny_model_dir, tmp_path, monkeypatch):
     from alignment import preflight
 
-    monkeypatch.setattr(memory_estimate, "_cuda", lambda: False)
-    monkeypatch.setattr(memory_estimate, "available_memory", lambda: 10 << 20)
+    monkeypatch.setattr(memory_check, "_cuda", lambda: False)
+    monkeypatch.setattr(memory_check, "available_memory", lambda: 10 << 20)
     recipe = _recipe(tiny_model_dir, "dpo", f"output_dir={tmp_path / 'out'}")
     with pytest.raises(NotEnoughMemoryError, match="estimated peak memory"):
         preflight.check_memory(recipe)
@@ -169,4 +165,4 @@ def test_preflight_runs_the_check(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_available_memory_is_positive():
-    assert 0 < memory_estimate.available_memory() < 1 << 60
+    assert 0 < available_memory() < 1 << 60
