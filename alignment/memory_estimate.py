@@ -60,7 +60,8 @@ the code.
 Several processes (launch.num_processes > 1): the estimate is per process, each holding
 all of the above (DDP replicates; ZeRO / FSDP shard weights and optimizer state, which
 this estimate does not model: an upper bound there), and the processes on one machine must
-fit together: `memory_check.check_memory` compares estimate x processes per machine with the machine.
+fit together: `memory_check.check_memory` compares estimate x processes per machine
+with the machine.
 The check is for host memory: on a CUDA machine the model lives in GPU memory and the
 check is skipped.
 """
