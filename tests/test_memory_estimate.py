@@ -157,6 +157,8 @@ def test_preflight_runs_the_check(tiny_model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(memory_check, "_cuda", lambda: False)
     monkeypatch.setattr(memory_check, "available_memory", lambda: 10 << 20)
+    for name in ("ALIGNMENT_LAUNCHED", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)   # (in-process DeepSpeed tests set some)
     recipe = _recipe(tiny_model_dir, "dpo", f"output_dir={tmp_path / 'out'}")
     with pytest.raises(NotEnoughMemoryError, match="estimated peak memory"):
         preflight.check_memory(recipe)
