@@ -34,7 +34,7 @@ class Checkpointing:
                         ) -> None:
         """`rng_states`: the ones to keep (default: every process's now)."""
         if self.zero_stage:
-            return self._save_deepspeed_checkpoint(history)
+            return self._save_deepspeed_checkpoint(history, rng_states)
         rng_states = rng_states or self._rng_states()   # (collective)
         # (FSDP2: both gather whole tensors, a collective; rank 0 keeps them to write)
         optimizer_state = self.optim.state_dict(keep=self.is_main)
@@ -135,7 +135,8 @@ class Checkpointing:
                 "epoch": self.step / self.steps_per_epoch, "world": self.world,
                 "extra": self.extra_state(), "history": history[-1000:]}
 
-    def _save_deepspeed_checkpoint(self, history: list[dict]) -> None:
+    def _save_deepspeed_checkpoint(self, history: list[dict],
+                                   rng_states: list[dict] | None = None) -> None:
         """The same layout plus `deepspeed/` (every process writes its optimizer shard).
         Assembled under a fixed temporary name all processes agree on, renamed by rank 0."""
         root = self.output_dir / "checkpoints"
@@ -153,7 +154,7 @@ class Checkpointing:
                                   checkpoint.kept_clause(self.output_dir)):
             self.accelerator.save_state(str(tmp / "deepspeed"))         # collective
         weights = self.accelerator.get_state_dict(self.model)           # collective (ZeRO-3)
-        rng_states = self._rng_states()                                 # collective
+        rng_states = rng_states or self._rng_states()                   # collective
         if self.is_main:
             with checkpoint.writing(self.output_dir, target, 0, tmp=tmp):
                 self.policy.save_pretrained(tmp / "model",
