@@ -102,6 +102,12 @@ def measure(path: Path, overrides: list[str], log: Path) -> dict:
     return row
 
 
+def _error_and_terms(row: dict) -> tuple[float, list[tuple[str, float]]]:
+    """The estimate's error in % of the measured peak, and its four largest terms."""
+    err = 100 * (row["estimate_gb"] - row["peak_rss_gb"]) / row["peak_rss_gb"]
+    return err, sorted(row["terms_gb"].items(), key=lambda kv: -kv[1])[:4]
+
+
 def report(rows: list[dict]) -> str:
     lines = [f"{'recipe':<20} {'estimate GB':>11} {'measured GB':>11} {'error':>7}  "
              "largest terms (GB)"]
@@ -109,9 +115,8 @@ def report(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"{r['recipe']:<20} {r['estimate_gb']:>11.2f} {'failed':>11}")
             continue
-        err = 100 * (r["estimate_gb"] - r["peak_rss_gb"]) / r["peak_rss_gb"]
+        err, top = _error_and_terms(r)
         r["error_pct"] = round(err, 1)
-        top = sorted(r["terms_gb"].items(), key=lambda kv: -kv[1])[:4]
         terms = ", ".join(f"{k} {v:.2f}" for k, v in top if v >= 0.005)
         lines.append(f"{r['recipe']:<20} {r['estimate_gb']:>11.2f} {r['peak_rss_gb']:>11.2f} "
                      f"{err:>+6.1f}%  {terms}{'  (' + r['note'] + ')' if r.get('note') else ''}")
@@ -129,8 +134,7 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             out.append(f"| {r['recipe']} | {r['estimate_gb']:.2f} GB | failed | | |")
             continue
-        err = 100 * (r["estimate_gb"] - r["peak_rss_gb"]) / r["peak_rss_gb"]
-        top = sorted(r["terms_gb"].items(), key=lambda kv: -kv[1])[:4]
+        err, top = _error_and_terms(r)
         note = f" ({r['note']})" if r.get("note") else ""
         out.append(f"| {r['recipe']}{note} | {r['estimate_gb']:.2f} GB | "
                    f"{r['peak_rss_gb']:.2f} GB | {err:+.1f}% | "
