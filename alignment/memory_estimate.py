@@ -31,7 +31,8 @@ dtype, 2 for bfloat16, 4 for float32):
                    k, v before and after RoPE, the attention output; the SwiGLU's gate, up,
                    activation and product; with LoRA on a bf16 model, each adapter's input
                    again, as PEFT casts it to the adapters' fp32), doubled when a critic
-                   runs on the same micro-batch. Tokens (`micro_batch_tokens`): the
+                   runs on the same micro-batch (PPO-ptx's demonstration micro-batch, the
+                   policy alone, when that is larger). Tokens (`micro_batch_tokens`): the
                    trainers pack rows as prefix trees where that is cheaper, so a pair
                    costs its prompt once and both completions, a group of k online samples
                    one prompt and k completions of rollout.max_new_tokens, with the
@@ -205,6 +206,10 @@ def estimate_memory(recipe: Recipe, *, lengths: DataLengths | None = None,
     else:
         per_token = layers * per_layer
     est.activations = tokens * per_token * (2 if critic else 1)
+    section = getattr(recipe, algo, None)
+    if critic and section.ptx_coef > 0:   # PPO-ptx: its own micro-batch, the policy alone
+        ptx_rows = section.ptx_batch_size or recipe.trainer.batch_size
+        est.activations = max(est.activations, ptx_rows * recipe.data.max_length * per_token)
     est.logits = min(CHUNK_ELEMENTS, tokens * vocab) * 4 * LOGIT_COPIES
 
     if uses_rollout(recipe) and _backend(recipe) == "vllm":

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from alignment.errors import TrainingError
-from alignment.losses import fused_token_logps, token_logps
+from alignment.losses import fused_token_entropy, fused_token_logps, token_logps
+from alignment.losses.logps import logits_entropy
 
 
 @dataclass
@@ -94,6 +95,25 @@ def labels_logps(model, hidden: torch.Tensor, labels: torch.Tensor,
     out = torch.zeros(labels.shape, dtype=values.dtype, device=values.device)
     return out.masked_scatter(mask, values)
 
+
+@torch.no_grad()
+def labels_entropy(model, hidden: torch.Tensor, mask: torch.Tensor, *,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of π(· | the state whose hidden vector is hidden[...]), the shape of `mask`
+    (hidden: (..., H)); only positions where `mask` is true are computed (0 elsewhere)."""
+    parts = lm_head_parts(model)
+    mask = mask.bool()
+    picked = hidden[mask]                                     # (N, H)
+    if parts.weight is not None:
+        values = fused_token_entropy(picked.to(parts.weight.dtype), parts.weight,
+                                     bias=parts.bias, temperature=temperature,
+                                     softcap=parts.softcap, scale=parts.scale)
+    else:
+        logits = _transform(parts.module(picked).float() if picked.dtype != torch.float64
+                            else parts.module(picked), parts)
+        values = logits_entropy(logits / temperature)
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(mask, values)
 
 def _transform(logits: torch.Tensor, parts: HeadParts) -> torch.Tensor:
     if parts.scale != 1.0:

@@ -79,6 +79,8 @@ def data_roles(recipe: Recipe) -> list[tuple[str, object, str, str | None]]:
                       "answer" if eval_kind == "prompt" else None))
     if recipe.eval.before_after and name not in ("reward_model",):
         roles.append(("eval.data", recipe.eval.data, "prompt", "answer"))
+    if name in CRITIC and getattr(recipe, name).ptx_coef > 0:   # PPO-ptx: SFT rows
+        roles.append((f"{name}.ptx_data", getattr(recipe, name).ptx_data, "sft", None))
     return roles
 
 
@@ -89,7 +91,7 @@ def check_data(recipe: Recipe) -> None:
     from alignment.data.sources import open_source
 
     for key, source, kind, answer in data_roles(recipe):
-        role = "train" if key == "data.train" else "eval"
+        role = "eval" if key in ("data.eval", "eval.data") else "train"
         try:
             opened = open_source(source, role=role)
         except DataError as exc:

@@ -1,9 +1,13 @@
 """PPO, APA and DR-PO on tiny random Llamas with the `hf` rollout backend: the critic's
 per-token values in the packed layout, the direction of one update, the resets, the
-run's logs and files, resume after a SIGKILL, data parallelism, and clear failures."""
+run's logs and files, resume after a SIGKILL, data parallelism, PPO-max's options, and
+clear failures."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from alignment.trainers.drpo import DRPOTrainer
 from alignment.trainers.online import Sample
 from alignment.trainers.ppo import PPOTrainer
 from alignment.trainers.sequences import collate_online, collate_sequences
+from alignment.trainers.sft import demonstration_loss
 from alignment.value_model import load_critic, token_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +54,15 @@ def policy(tmp_path_factory, bundled_model_dir):
 def prompts(tmp_path_factory):
     rows = (ROOT / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """Six add2 demonstrations (prompt / worked completion) for PPO-ptx."""
+    rows = (ROOT / "data/arithmetic/add2_sft_plain/train.jsonl").read_text().splitlines()[:6]
+    path = tmp_path_factory.mktemp("demos") / "demos.jsonl"
     path.write_text("\n".join(rows) + "\n")
     return str(path)
 
@@ -173,6 +187,48 @@ def test_minibatches_split_each_epoch_into_optimizer_steps(tmp_path, policy, pro
     assert sum(b.get("stand_in", False) for step in lonely for b in step) == 3
 
 
+def test_ppo_max_critic_warmup_then_ptx_adds_the_sft_gradient(tmp_path, policy, prompts,
+                                                              demos):
+    """One PPO-max trainer. Its warm-up step (generated, scored, updated) moves the critic
+    and not the policy, bit for bit, with no ptx batch, and logs the entropy and the clip
+    shares. After it, the ptx term's gradient on the policy is ptx_coef x SFT's gradient
+    on its demonstrations (the PPO term held at 0 by zero advantages; plain SGD)."""
+    lr, coef = 0.05, 0.5
+    trainer = make_trainer("ppo", tmp_path / "out", policy, prompts,
+                           trainer={"optimizer": "sgd", "lr": lr, "max_grad_norm": None},
+                           critic={"lr": lr},
+                           ppo={"critic_warmup_steps": 1, "ptx_coef": coef, "ptx_data": demos,
+                                "ptx_batch_size": 3, "reward_clip": 0.5,
+                                "advantage_clip": 1.0})
+    snapshot = lambda m: {k: v.clone() for k, v in m.state_dict().items()}  # noqa: E731
+    policy0, critic0 = snapshot(trainer.policy), snapshot(trainer.critic)
+    metrics = trainer._train_step()
+    assert all(torch.equal(policy0[k], v) for k, v in trainer.policy.state_dict().items())
+    assert not all(torch.equal(critic0[k], v) for k, v in trainer.critic.state_dict().items())
+    assert metrics["critic_warmup"] == 1.0 and "loss/ptx" not in metrics
+    assert 0 < metrics["policy/entropy"] <= math.log(len(trainer.tokenizer)) + 1e-3
+    assert 0 <= metrics["reward/clipped_fraction"] <= 1
+    assert 0 <= metrics["advantages/clipped_fraction"] <= 1
+
+    trainer.step = 1                                         # warm-up over
+    batches = [trainer.collate(fixed_samples(trainer, [1.0, 0.0, 0.0, 1.0]))]
+    trainer.prepare_batches(batches)
+    batches[0]["token_advantages"].zero_()
+    plan = trainer.update_plan(batches, trainer.train_set[0])
+    ptx = plan[0][0]
+    assert len(plan) == 2 and all(step[0]["term"] == "ptx" for step in plan)
+    params = [p for p in trainer.policy.parameters() if p.requires_grad]
+    nll, _ = demonstration_loss(trainer.policy, ptx)
+    grads = torch.autograd.grad(nll, params)
+    before = [p.detach().clone() for p in params]
+    out = trainer.update(plan[0])
+    for p, p0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - lr * coef * g, rtol=1e-6, atol=1e-8)
+    assert out["loss/ptx"] == pytest.approx(nll.item(), rel=1e-6)
+    assert out["loss"] == pytest.approx(out["loss/policy"] + 0.1 * out["loss/value"]
+                                        + coef * nll.item(), rel=1e-6)
+
+
 # ------------------------------------------------------------------ whole runs
 @pytest.mark.parametrize("algorithm", ["ppo", "apa", "drpo"])
 def test_run_logs_critic_kl_time_split_and_saves_the_critic(tmp_path, policy, prompts,
@@ -243,9 +299,13 @@ def test_lora_policy_and_critic(tmp_path, policy, prompts):
 
 
 def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path, policy,
-                                                                       prompts):
+                                                                       prompts, demos):
+    """With PPO-max's options on (no extra run): the running score moments come back from
+    the checkpoint and the ptx demonstrations follow the same order."""
     sections = {"trainer": {"max_steps": 10, "save_every": 2, "eval_every": None},
-                "ppo": {"kl_coef": 0.05, "kl_target": 0.01}}
+                "ppo": {"kl_coef": 0.05, "kl_target": 0.01, "reward_norm": True,
+                        "reward_clip": 1.5, "advantage_clip": 2.0, "critic_warmup_steps": 1,
+                        "ptx_coef": 0.1, "ptx_data": demos, "ptx_batch_size": 2}}
     straight = ac_file(tmp_path, "ppo", tmp_path / "straight", policy, prompts, **sections)
     assert train(straight).returncode == 0
     killed = ac_file(tmp_path, "ppo", tmp_path / "killed", policy, prompts, **sections)
@@ -270,8 +330,16 @@ def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path,
     h2 = [r for r in history(tmp_path / "killed") if "loss" in r]
     assert [r["step"] for r in h2] == list(range(1, 11))
     for r1, r2 in zip(h1, h2, strict=True):
-        for key in ("loss", "loss/value", "kl_coef", "reward"):
-            assert r2[key] == pytest.approx(r1[key], abs=1e-6), (key, r1["step"])
+        for key in ("loss", "loss/value", "kl_coef", "reward", "reward/running_std",
+                    "loss/ptx", "policy/entropy"):
+            if key in r1 or key in r2:
+                assert r2[key] == pytest.approx(r1[key], abs=1e-6), (key, r1["step"])
+    assert "loss/ptx" in h1[-1] and h1[0]["critic_warmup"] == 1.0
+    states = [json.loads((tmp_path / run / "checkpoints" / "step-000010" /
+                          "trainer_state.json").read_text())["extra"]
+              for run in ("straight", "killed")]
+    assert states[0]["reward_moments"][0] == 10 * 4          # every score of the run
+    assert states[1] == states[0]                            # bit for bit after the resume
 
 
 # ------------------------------------------------------------------ DR-PO resets
@@ -311,10 +379,35 @@ def _stats():
     ({"ppo": {"kl_estimator": "k2"}}, "k1"),
     ({"ppo": {"gae_lambda": 1.5}}, "ppo.gae_lambda"),
     ({"model": {"lora": {"r": 4, "dropout": 0.1}}}, "dropout must be 0"),
+    ({"ppo": {"ptx_coef": 0.1}}, "ppo.ptx_coef is 0.1 but ppo.ptx_data is not set"),
+    ({"ppo": {"ptx_coef": 0.1, "ptx_data": "no/such.jsonl"}},
+     "ppo.ptx_data: 'no/such.jsonl' does not exist"),
+    ({"ppo": {"ptx_batch_size": 4}}, "ppo.ptx_batch_size is only read with ppo.ptx_coef > 0"),
+    ({"ppo": {"critic_warmup_steps": 3}},
+     re.escape("ppo.critic_warmup_steps (3) must be smaller than trainer.max_steps (3)")),
+    ({"ppo": {"advantage_clip": 0}}, "ppo.advantage_clip: must be > 0"),
 ])
 def test_bad_actor_critic_keys_are_reported(tmp_path, policy, prompts, sections, message):
     with pytest.raises(ConfigError, match=message):
         recipe_from_dict(ac_dict("ppo", tmp_path, policy, prompts, **sections))
+
+
+def test_ptx_data_without_completions_gets_sfts_error_before_training(tmp_path, policy,
+                                                                      prompts):
+    from alignment.preflight import check_data
+
+    ppo = recipe_from_dict(ac_dict("ppo", tmp_path, policy, prompts,
+                                   ppo={"ptx_coef": 0.1, "ptx_data": prompts}))
+    sft = recipe_from_dict({"algorithm": "sft", "output_dir": str(tmp_path),
+                            "data": {"train": prompts, "eval": None},
+                            "eval": {"before_after": False}})
+    errors = []
+    for recipe in (ppo, sft):
+        with pytest.raises(DataError) as err:
+            check_data(recipe)
+        errors.append(str(err.value))
+    assert errors[0].startswith("ppo.ptx_data: ") and "SFT data needs" in errors[0]
+    assert errors[0].removeprefix("ppo.ptx_data: ") == errors[1].removeprefix("data.train: ")
 
 
 def test_critic_section_refused_for_algorithms_without_one(tmp_path, policy, prompts):

@@ -3,6 +3,8 @@ recipe, and the check that refuses a run the machine cannot hold. No model is lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alignment import memory_check
@@ -119,6 +121,16 @@ def test_online_recipes_count_engine_and_kv_cache(tiny_model_dir):
     ppo = estimate_memory(_recipe(tiny_model_dir, "ppo", "rollout.backend=hf"))
     assert ppo.critic > 0 and ppo.reference == ppo.weights   # KL in the reward
     assert ppo.activations > hf.activations                  # the critic's forward too
+
+
+def test_a_large_ptx_micro_batch_sets_the_activations(tiny_model_dir):
+    demos = str(Path(__file__).resolve().parents[1] / "data/arithmetic/add2_sft_plain/train.jsonl")
+    ppo, small, large = (estimate_memory(_recipe(tiny_model_dir, "ppo", "rollout.backend=hf",
+                                                 *ptx)) for ptx in [
+        (), ("ppo.ptx_coef=0.1", f"ppo.ptx_data={demos}", "ppo.ptx_batch_size=1"),
+        ("ppo.ptx_coef=0.1", f"ppo.ptx_data={demos}", "ppo.ptx_batch_size=64")])
+    assert small.activations == ppo.activations   # 8 rollouts x 128 tokens through both models
+    assert large.activations > ppo.activations    # 64 demonstrations x 128, the policy alone
 
 
 def test_processes_multiply_the_machine_total(tiny_model_dir):

@@ -26,6 +26,7 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         problems.extend(check_specs(recipe.rewards))
     if recipe.algorithm in CRITIC:
         _check_critic(recipe, problems)
+        _check_ppo_max(recipe, problems)
     if recipe.algorithm == "spin":
         _check_spin(recipe, problems)
     if recipe.algorithm == "reward_model":
@@ -143,3 +144,20 @@ def _check_critic(recipe: Recipe, problems: list[str]) -> None:
         if lora.r > 0 and lora.dropout > 0:   # ratio != 1 at the first update (§1.5)
             problems.append(f"{key}.lora.dropout must be 0 for {recipe.algorithm}: dropout makes "
                             "the policy/critic differ between rollout and update")
+
+
+def _check_ppo_max(recipe: Recipe, problems: list[str]) -> None:
+    name = recipe.algorithm
+    algo = getattr(recipe, name)
+    if algo.ptx_coef > 0 and algo.ptx_data is None:
+        problems.append(f"{name}.ptx_coef is {algo.ptx_coef} but {name}.ptx_data is not set "
+                        "(prompt/completion demonstrations, e.g. "
+                        "data/arithmetic/add2_sft_plain/train.jsonl)")
+    if algo.ptx_coef == 0 and (algo.ptx_data is not None or algo.ptx_batch_size is not None):
+        key = "ptx_data" if algo.ptx_data is not None else "ptx_batch_size"
+        problems.append(f"{name}.{key} is only read with {name}.ptx_coef > 0")
+    steps = recipe.trainer.max_steps
+    if steps is not None and algo.critic_warmup_steps >= steps:
+        problems.append(f"{name}.critic_warmup_steps ({algo.critic_warmup_steps}) must be "
+                        f"smaller than trainer.max_steps ({steps}): the policy would never "
+                        "be trained")

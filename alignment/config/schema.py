@@ -286,6 +286,26 @@ class ActorCriticConfig(OnlineConfig):
     missing_eos_penalty: float | None = param(
         -1.0, "score of a response that hit rollout.max_new_tokens without EOS (N+ 'EOS "
         "trick'); null = keep the scorer's", le=0.0)
+    # PPO-max (Zheng et al. 2023, arXiv:2307.04964, docs/algorithms/ppo.md#ppo-max)
+    reward_norm: bool = param(False, "PPO-max: normalise each score by the running mean and "
+                              "std of every score seen so far (all steps, all processes; kept "
+                              "in checkpoints)")
+    reward_clip: float | None = param(None, "PPO-max: clip the score (normalised, with "
+                                      "reward_norm) to [-c, c] before it enters the per-token "
+                                      "rewards; null = no clipping", gt=0.0)
+    advantage_clip: float | None = param(None, "PPO-max: clip the whitened advantages to "
+                                         "[-c, c]; null = no clipping", gt=0.0)
+    ptx_coef: float = param(0.0, "PPO-ptx (InstructGPT; PPO-max's pretrain loss): add "
+                            "ptx_coef x the token-mean NLL of a micro-batch of ptx_data "
+                            "demonstrations to every optimizer step; 0 = off", ge=0.0)
+    ptx_data: str | None = param(None, "prompt/completion (or messages) demonstrations for "
+                                 "ptx_coef, read as SFT data (data.* length settings apply); "
+                                 "a file, folder, glob or hub id", source=True)
+    ptx_batch_size: int | None = param(None, "demonstrations per optimizer step, per process; "
+                                       "null = trainer.batch_size", gt=0)
+    critic_warmup_steps: int = param(0, "PPO-max's critic pre-training: the first K steps "
+                                     "train only the critic (the policy's loss weighs 0 and "
+                                     "its learning rate is 0; no ptx term)", ge=0)
 
 
 @dataclass

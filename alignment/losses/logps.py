@@ -336,3 +336,34 @@ def _filtered_logps(head: _Head, hidden, labels, top_k, top_p, chunk_elements):
         picked = z.gather(-1, labels[start:start + step, None]).squeeze(-1)
         parts.append(picked - torch.logsumexp(z, dim=-1))
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=head.dtype)
+
+
+@torch.no_grad()
+def fused_token_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    scale: float = 1.0,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """(N,) entropy of the next-token distribution at each position, ``H = logsumexp(z) −
+    Σ_j p_j z_j`` with z the head's logits read as :func:`fused_token_logps` reads them
+    (temperature, soft-cap, scale; no top-k / top-p filter), a chunk of positions at a
+    time. No gradient: a metric (the policy entropy PPO logs, Schulman et al. 2017 §6)."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must be (N, H) and weight (V, H), got {tuple(hidden.shape)} "
+                         f"and {tuple(weight.shape)}")
+    head = _Head(weight, bias, temperature, softcap, scale)
+    step = max(1, chunk_elements // weight.shape[0])
+    parts = [logits_entropy(head.logits(hidden[start:start + step]))
+             for start in range(0, hidden.shape[0], step)]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=head.dtype)
+
+
+def logits_entropy(z: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(z) over the last dimension: logsumexp(z) − Σ_j p_j z_j."""
+    lse = torch.logsumexp(z, dim=-1)
+    return lse - (torch.exp(z - lse[..., None]) * z).sum(-1)

@@ -4,19 +4,28 @@ loop of `OnlineTrainer`:
     rollouts             engine.generate (DR-PO: from reset prefixes)
     scores               the recipe's rewards; a response without EOS scores
                          `missing_eos_penalty` (N+'s EOS trick)
-    π_old, π_ref, V_old  one no-grad pass each, at the rollout temperature
+    π_old, π_ref, V_old  one no-grad pass each, at the rollout temperature; the π_old
+                         pass also gives the policy's entropy per token (logged)
+    score shaping        PPO-max (`reward_norm`, `reward_clip`): the score normalised by the
+                         running mean / std of every score so far, clipped to ±c
     r_t                  −β_KL·k_t per token, + the score at the last real token
                          (optionally whitened over the batch, mean kept)
     Â_t, G_t             GAE with the critic, Â whitened over every token of the step
+                         (PPO-max `advantage_clip`: then clipped to ±c)
     K epochs x M minibatches of  algorithm.policy_loss + c_v · value loss
-    β_KL                 adaptive (Ziegler et al.) when `kl_target` is set
+                         (+ `ptx_coef` · NLL of a `ptx_data` demonstration micro-batch,
+                         PPO-ptx; the first `critic_warmup_steps` steps: value loss only)
+    β_KL                 adaptive (Ziegler et al.) when `kl_target` is set (not while
+                         the critic warms up: the policy has not moved)
 
 Policy and critic are one module (`ActorCritic`): one Accelerate / DeepSpeed engine, one
 optimizer with a parameter group per model (`critic.lr`), one checkpoint (critic in
-`critic/`, restored on resume with the KL coefficient). Statistics that span the batch
-(whitening, KL) are taken over every process, so N processes compute what one would.
-The masks: `loss_mask` marks the tokens the policy chose; tokens a reset forced (DR-PO)
-and samples excluded by `mask_truncated` are off it for rewards, values and losses.
+`critic/`, restored on resume with the KL coefficient and the running score moments).
+Statistics that span the batch (whitening, KL, score moments) are taken over every
+process, so N processes compute what one would. The masks: `loss_mask` marks the tokens
+the policy chose; tokens a reset forced (DR-PO) and samples excluded by `mask_truncated`
+are off it for rewards, values and losses. The PPO-max options (Zheng et al. 2023) are
+in `ppo_max.py`, each off by default.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from alignment.losses.kl import k1_kl
 from alignment.losses.ppo import adaptive_kl_coef, kl_penalized_rewards, ppo_value_loss
 from alignment.rollout import Rollouts
 from alignment.trainers.online import OnlineTrainer, PromptExample, RoundStats, Sample
+from alignment.trainers.ppo_max import PPOMaxParts
 from alignment.trainers.sequences import (
     completion_states,
     group_logps_and_values,
@@ -49,7 +59,7 @@ from alignment.value_model import (
 )
 
 
-class ActorCriticTrainer(OnlineTrainer):
+class ActorCriticTrainer(PPOMaxParts, OnlineTrainer):
     anchored_on_init = False   # APA: the loss needs π_init's log-probs (the reference)
 
     @property
@@ -110,17 +120,29 @@ class ActorCriticTrainer(OnlineTrainer):
         return {"critic": self.critic}
 
     def extra_state(self) -> dict:
-        return {"kl_coef": self.kl_coef}
+        return {"kl_coef": self.kl_coef, **self.ppo_max_state()}
 
     def load_extra_state(self, state: dict) -> None:
         if "kl_coef" in state:
             self._kl_coef = float(state["kl_coef"])
+        self.load_ppo_max_state(state)
 
     def _load_reference(self):
         ref = super()._load_reference()
         return disable_dropout(ref) if ref is not None else None
 
     # ------------------------------------------------------------------ samples
+    def load_examples(self, path: str, limit: int | None, split: str) -> list[PromptExample]:
+        if split == "train":   # (first: a bad demonstrations file stops the run early)
+            self.load_ptx()
+        return super().load_examples(path, limit, split)
+
+    def before_training(self) -> None:
+        super().before_training()
+        if self.critic_warming_up:
+            self._say(f"critic warm-up: steps {self.step + 1}-{self.algo.critic_warmup_steps} "
+                      "train the critic only (logged as critic_warmup = 1)")
+
     def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
                    info: RoundStats) -> list[Sample]:
         penalty = self.algo.missing_eos_penalty
@@ -139,23 +161,25 @@ class ActorCriticTrainer(OnlineTrainer):
         seq_kl = torch.zeros(2, dtype=torch.float64)    # Σ over samples of Σ_t k1, samples
         for b in batches:
             mask = b["loss_mask"]
-            old, sampled = group_token_logps_as_sampled(self.policy, b, **self.sampled_as())
-            b["old_logps"] = old.float()
-            device = b["old_logps"].device
-            mask = b["loss_mask"] = mask.to(device)
+            old, sampled, entropy = group_token_logps_as_sampled(
+                self.policy, b, **self.sampled_as(), entropy=True)
+            b["old_logps"], b["entropy"] = old.float(), entropy.float()
+            mask = b["loss_mask"] = mask.to(b["old_logps"].device)
             self.note_logprob_gap(b, sampled)   # (as the engine sampled: top-k / top-p)
             b["old_values"] = self._values(b)
             ref = (self.reference_token_logps(b).float() if self.needs_reference()
                    else b["old_logps"])   # (no reference: no KL term, KL logged as 0)
             b["ref_logps"] = ref
-            b["token_rewards"] = kl_penalized_rewards(
-                b["rewards"].to(device, torch.float32), b["old_logps"], ref, mask,
-                kl_coef=self.kl_coef if self.needs_reference() else 0.0,
-                estimator=self.algo.kl_estimator)
             if not b.get("stand_in"):
                 per_seq = (k1_kl(b["old_logps"], ref) * mask).sum(1)[mask.any(1)]
                 seq_kl += torch.tensor([per_seq.sum().item(), per_seq.numel()],
                                        dtype=torch.float64)
+        shaping = self.shape_scores(batches)   # PPO-max: b["scores"], normalised / clipped
+        for b in batches:
+            b["token_rewards"] = kl_penalized_rewards(
+                b["scores"], b["old_logps"], b["ref_logps"], b["loss_mask"],
+                kl_coef=self.kl_coef if self.needs_reference() else 0.0,
+                estimator=self.algo.kl_estimator)
         if self.algo.whiten_rewards:
             mean, var = self._global_mean_var([(b["token_rewards"], b["loss_mask"])
                                                for b in batches])
@@ -170,7 +194,8 @@ class ActorCriticTrainer(OnlineTrainer):
                                            for b in batches])
         for b in batches:
             b["token_advantages"] = whiten(b["raw_advantages"], b["loss_mask"], mean=mean, var=var)
-        return self._rollout_metrics(batches, seq_kl, var)
+        shaping.update(self.clip_advantages(batches))   # PPO-max: ±advantage_clip
+        return {**self._rollout_metrics(batches, seq_kl, var), **shaping}
 
     def _values(self, batch: dict) -> torch.Tensor:
         device = next(self.critic.parameters()).device
@@ -201,8 +226,12 @@ class ActorCriticTrainer(OnlineTrainer):
         v_mean, _ = self._global_mean_var(pairs_v)
         g_mean, g_var = self._global_mean_var(pairs_g)
         _, e_var = self._global_mean_var(pairs_e)
+        entropy, _ = self._global_mean_var([(b["entropy"], b["loss_mask"]) for b in batches])
         kl_sum, kl_n = self._sum_vector(seq_kl.tolist())
         out = {"critic/values": v_mean, "critic/returns": g_mean,
+               # mean per response token under π_old: a collapse to ~0 means the policy
+               # writes one pattern whatever the prompt
+               "policy/entropy": entropy,
                # 1 − Var(G − V)/Var(G): 1 = the critic predicts the returns, ≤ 0 = no better
                # than their mean
                "critic/explained_variance": 1.0 - e_var / g_var if g_var > 0 else 0.0,
@@ -227,12 +256,19 @@ class ActorCriticTrainer(OnlineTrainer):
             for j in range(m):
                 chunk = [batches[i] for i in order[j::m]]
                 plan.append(chunk or [{**batches[0], "stand_in": True}])
+        if self.algo.ptx_coef > 0 and not self.critic_warming_up:   # PPO-ptx, first in each
+            plan = [[self.ptx_batch(self.step * len(plan) + j), *chunk]   # optimizer step
+                    for j, chunk in enumerate(plan)]
         return plan
 
     def batch_weight(self, batch: dict) -> float:
+        if batch.get("term") == "ptx":
+            return float(batch["completion_mask"].sum())   # SFT's token mean
         return float(batch["loss_mask"].sum())   # token-mean over the whole minibatch
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        if batch.get("term") == "ptx":
+            return self.ptx_loss(batch)
         logps, values = group_logps_and_values(self.model, batch,
                                                temperature=self.recipe.rollout.temperature)
         device = logps.device
@@ -241,15 +277,34 @@ class ActorCriticTrainer(OnlineTrainer):
         value_loss, value_metrics = ppo_value_loss(
             values, batch["old_values"].to(device), batch["returns"].to(device), mask,
             clip=self.algo.value_clip)
-        loss = pg_loss + self.algo.vf_coef * value_loss
+        # critic warm-up: the policy's term weighs 0 but stays in the graph (DDP and ZeRO
+        # expect a gradient for every parameter in every backward)
+        policy_term = pg_loss * 0.0 if self.critic_warming_up else pg_loss
+        loss = policy_term + self.algo.vf_coef * value_loss
         return loss, {"loss/policy": pg_loss.detach(), "loss/value": value_loss.detach(),
                       **metrics, **value_metrics}
 
+    def update(self, batches: list[dict]) -> dict:
+        if not self.critic_warming_up:
+            return super().update(batches)
+        # critic warm-up: the policy's learning rate is 0 as well, so that nothing (weight
+        # decay included) moves it; the scheduler sets it again at its next step
+        group = self.optim.optimizer.param_groups[0]   # the policy's (`param_groups`)
+        lr, group["lr"] = group["lr"], 0.0
+        try:
+            return super().update(batches)
+        finally:
+            group["lr"] = lr
+
     def after_update(self, metrics: dict, n_samples: int) -> None:
-        if self.algo.kl_target is not None and "policy/kl" in metrics:
+        # (critic warm-up: the policy did not move, nothing for the KL controller to follow)
+        if self.algo.kl_target is not None and "policy/kl" in metrics \
+                and not self.critic_warming_up:
             self._kl_coef = adaptive_kl_coef(self.kl_coef, metrics["policy/kl"],
                                              self.algo.kl_target, self.algo.kl_horizon,
                                              n_samples)
 
     def step_metrics(self) -> dict:
-        return {"kl_coef": self.kl_coef}
+        warmup = ({"critic_warmup": float(self.critic_warming_up)}
+                  if self.algo.critic_warmup_steps else {})
+        return {"kl_coef": self.kl_coef, **warmup}

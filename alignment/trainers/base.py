@@ -326,11 +326,18 @@ class Trainer(Checkpointing, abc.ABC):
         (counted; `trainer.max_nan_steps` in a row stop the run)."""
         # a "stand_in" batch only keeps a process without data in step with the others
         weights = [0.0 if b.get("stand_in") else float(self.batch_weight(b)) for b in batches]
-        total = self._sum_across_processes(sum(weights))
-        if total <= 0:
+        # a batch of an added `term` (PPO-ptx's demonstrations) is averaged over that term's
+        # batches alone and added: L = mean(the step's batches) + Σ_term mean(its batches).
+        # Every process holds the same terms (their sums are collective).
+        kinds = [b.get("term") for b in batches]
+        groups = [None, *sorted({k for k in kinds if k})]
+        total = dict(zip(groups, self._sum_vector(
+            [sum(w for w, k in zip(weights, kinds, strict=True) if k == g) for g in groups]),
+            strict=True))
+        if min(total.values()) <= 0:
             raise TrainingError(f"step {self.step + 1}: the batch has nothing to train on "
                                 "(zero weight on every process)")
-        sums: dict[str, float] = {}
+        sums: dict[tuple[str | None, str], float] = {}
         self.model.train()
         self.updated_this_step = True   # (from here on the state is no longer step's start)
         for i, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
@@ -343,16 +350,19 @@ class Trainer(Checkpointing, abc.ABC):
                 # weight/total makes the step's loss the mean over all its examples (or
                 # tokens), whatever the micro-batch sizes; x world undoes the averaging
                 # of gradients over processes (DDP and DeepSpeed both average).
-                scaled = loss * (weight * self.world / total)
+                scaled = loss * (weight * self.world / total[kinds[i]])
                 if self.zero_stage:
                     self.optim.backward(scaled)
                 else:
                     self.accelerator.backward(scaled)
             for key, value in {"loss": loss.detach(), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * weight
-        keys = sorted(sums)   # the weighted mean over every process's examples
-        totals = self._sum_vector([sums[k] for k in keys] + [sum(weights)])
-        metrics = {k: v / totals[-1] for k, v in zip(keys, totals, strict=False)}
+                sums[kinds[i], key] = sums.get((kinds[i], key), 0.0) + float(value) * weight
+        keys = sorted(sums, key=lambda k: (k[0] or "", k[1]))
+        metrics = {}   # the weighted mean over every process's examples; a term's loss adds
+        for (kind, key), value in zip(keys, self._sum_vector([sums[k] for k in keys]),
+                                      strict=True):
+            mean = value / total[kind]
+            metrics[key] = metrics.get(key, 0.0) + mean if key == "loss" else mean
         if not math.isfinite(metrics.get("loss", 0.0)):
             return self._skip_step(metrics, "loss")
         metrics["grad_norm"] = self.optim.step()   # (steps nothing if the norm is not finite)

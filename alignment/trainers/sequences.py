@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from alignment.model_logps import forward_hidden, labels_logps
+from alignment.model_logps import forward_hidden, labels_entropy, labels_logps
 from alignment.trainers.prefix_tree import (
     collate_pair_tree,
     collate_tree,
@@ -326,17 +326,21 @@ def group_token_logps(model, batch: dict, *, temperature: float = 1.0) -> torch.
 
 
 def group_token_logps_as_sampled(model, batch: dict, *, temperature: float = 1.0,
-                                 top_k: int = 0, top_p: float = 1.0
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: (log π, log π as sampled), each (samples, C). The second is under the
-    sampler's distribution (top-k / top-p filtered and renormalised), the number a rollout
-    engine reports for the tokens it drew (no gradient: it is only ever used detached);
-    without filters the two are the same tensor."""
+                                 top_k: int = 0, top_p: float = 1.0, entropy: bool = False
+                                 ) -> tuple[torch.Tensor, ...]:
+    """One forward: (log π, log π as sampled), each (samples, C); the second under the
+    sampler's filtered distribution, what an engine reports for the tokens it drew (used
+    detached; without filters the same tensor). `entropy`: also π's entropy (at the
+    temperature, unfiltered) at each completion position, from the same forward."""
     _, hidden = forward_hidden(model, **_inputs(model, batch))
     logps = _group_logps(model, hidden, batch, temperature)
-    if not top_k and top_p >= 1.0:
-        return logps, logps
-    return logps, _group_logps(model, hidden, batch, temperature, top_k, top_p)
+    sampled = (logps if not top_k and top_p >= 1.0
+               else _group_logps(model, hidden, batch, temperature, top_k, top_p))
+    if not entropy:
+        return logps, sampled
+    states = completion_states(hidden, batch)                     # (samples, C, H)
+    mask = batch["completion_mask"].to(hidden.device)
+    return logps, sampled, labels_entropy(model, states, mask, temperature=temperature)
 
 
 def group_logps_and_values(model, batch: dict, *, temperature: float = 1.0

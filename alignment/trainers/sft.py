@@ -50,6 +50,19 @@ def read_demonstrations(trainer, path, limit: int | None, split: str = "train",
     return MappedRows(rows, demonstration)
 
 
+def collate_demos(demos: list[Pair], pad_id: int, config) -> dict:
+    """A micro-batch of demonstrations (`read_demonstrations`' rows); shared with the
+    actor-critic trainers' PPO-ptx term."""
+    return collate_demonstrations([d.prompt_ids for d in demos], [d.chosen_ids for d in demos],
+                                  pad_id, width0=attention_width(config))
+
+
+def demonstration_loss(model, batch: dict) -> tuple:
+    """The token-mean NLL of a `collate_demos` batch under `model` (`sft_loss`)."""
+    logps = completion_token_logps(model, batch)
+    return sft_loss(logps, batch["completion_mask"].to(logps.device))
+
+
 class SFTTrainer(Trainer):
     def load_examples(self, path, limit: int | None, split: str) -> MappedRows:
         return read_demonstrations(self, path, limit, split)
@@ -58,16 +71,13 @@ class SFTTrainer(Trainer):
         return len(demo.prompt_ids) + len(demo.chosen_ids)
 
     def collate(self, demos: list[Pair], split: str = "train") -> dict:
-        return collate_demonstrations([d.prompt_ids for d in demos],
-                                      [d.chosen_ids for d in demos], self.tokenizer.pad_token_id,
-                                      width0=attention_width(self.policy.config))
+        return collate_demos(demos, self.tokenizer.pad_token_id, self.policy.config)
 
     def batch_weight(self, batch: dict) -> float:
         return float(batch["completion_mask"].sum())   # a token mean across micro-batches
 
     def compute_loss(self, batch: dict):
-        logps = completion_token_logps(self.model, batch)
-        return sft_loss(logps, batch["completion_mask"].to(logps.device))
+        return demonstration_loss(self.model, batch)
 
 
-__all__ = ["SFTTrainer", "read_demonstrations"]
+__all__ = ["SFTTrainer", "collate_demos", "demonstration_loss", "read_demonstrations"]
