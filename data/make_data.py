@@ -20,7 +20,7 @@ Layout written under ``data/arithmetic/``::
     preference_chat/{train,test}.jsonl  same, TRL conversational preference format
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
     add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
-    add2_rm/{train,test}.jsonl          reward-model pairs for add2 (make_rm_pairs.py)
+    add2_rm/{train,test,train_styles}.jsonl  reward-model pairs for add2 (make_rm_pairs.py)
     sft_columns/{train,test}.jsonl      sft_plain's rows worked one digit column at a time
                                         (worked_columns.py)
 
@@ -35,7 +35,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 4
+DATASET_VERSION = 5
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split

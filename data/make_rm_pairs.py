@@ -1,6 +1,8 @@
-"""Reward-model pairs for 2-digit addition: `data/arithmetic/add2_rm/{train,test}.jsonl`.
+"""Reward-model pairs for 2-digit addition: `data/arithmetic/add2_rm/{train,test,
+train_styles}.jsonl`.
 
-Written by `make_data.py` (dataset version 3); standard library only, deterministic.
+Written by `make_data.py` (train/test since dataset version 3, train_styles since 5);
+standard library only, deterministic.
 
 A reward model that ranks these pairs has to do the addition: chosen and rejected are the
 same text apart from the result. To make it learn that and not the wording:
@@ -13,6 +15,15 @@ same text apart from the result. To make it learn that and not the wording:
   as often as the others (carry only where a column carries). One pair in five has bare completions, the number alone (`82` vs `83`),
   as a policy prompted to "give only the final number" writes them (GRPO with this
   reward model).
+- **train_styles** is train with two pairs in five rewritten so that chosen and rejected
+  differ in length and style too: each side drawn on its own from `STYLES` (the bare
+  number, an equation, a sentence, a worked explanation, a chatty paragraph, ...), so that
+  neither length nor wording tells which side is right, only the result does; one rejected
+  side in four of these is prose that gives no answer (a cut-off start of an explanation, as
+  a policy writes when it runs out of tokens). A reward model trained on pairs that differ
+  only in the result has never had to compare a long answer with a short one; used to pick
+  the best of a policy's free-form samples it then prefers whatever is short (measured:
+  bench/rm_best_of_n.py).
 - **test** holds the 100 add2 test problems of every other folder three times: `phrasing: seen`
   (exactly the rows of `add2_preference/test.jsonl`) and `phrasing: unseen` (templates
   that occur in no train file), plus `phrasing: bare` (the number alone, same errors).
@@ -55,6 +66,64 @@ TEST_ONLY = [
              "What is {name}'s total score?", "{name}'s total score is {a} + {b} = {r} points.", False),
     Template("number", "Work out {a}+{b}.", "{a}+{b}={r}", True),
 ]
+
+# free-form answers of different lengths and styles (train_styles); {r} is the stated result
+STYLES = (
+    "{r}",
+    "{a} + {b} = {r}",
+    "{a} + {b} = {r}\n#### {r}",
+    "The sum of {a} and {b} is {r}.",
+    "The answer is {r}.",
+    "{a} plus {b} is {r}.",
+    "To find the total, add the two numbers: {a} + {b} = {r}. So the answer is {r}.",
+    "Add the tens first: {at} + {bt} = {tens}. Then add the ones: {ao} + {bo} = {ones}. "
+    "Together that makes {tens} + {ones} = {r}.",
+    "Sure! To solve this, we need to add {a} and {b}. When we add them together, we get "
+    "{r}.\n\nSo, the final answer is {r}.",
+    "Let's work it out step by step.\n\n1. Start with {a}.\n2. Add {b} to it.\n3. {a} + {b} = "
+    "{r}.\n\nThe result is {r}.",
+    "Great question! Adding {a} and {b} gives us {r}. I hope this helps!",
+)
+# prose that answers nothing (cut off as a policy's sample is at its token limit)
+NO_ANSWER = (
+    "To add {a} and {b}, we first line up the digits by place value and",
+    "This is a simple addition problem. Let's break it down into smaller steps so that",
+    "Sure! Adding numbers is one of the basic operations in arithmetic. When we add",
+    "We need to find the sum of {a} and {b}. First, let's look at the ones digits:",
+)
+P_STYLED = 0.4       # share of train_styles pairs whose two sides are drawn from STYLES
+P_NO_ANSWER = 0.25   # of those, the share whose rejected side is NO_ANSWER prose
+STYLED_KINDS = ("off_by_one", "carry", "digit_swap", "tens")
+
+
+def _styled(p, rng):
+    """(chosen, rejected, kind): each side in a style of its own, the result right and
+    wrong; or the rejected side prose without an answer."""
+    a, b = p["operands"]
+    fill = {"a": a, "b": b, "at": a // 10 * 10, "bt": b // 10 * 10, "ao": a % 10, "bo": b % 10}
+    fill.update(tens=fill["at"] + fill["bt"], ones=fill["ao"] + fill["bo"])
+    chosen = rng.choice(STYLES).format(r=answer_of(p), **fill)
+    if rng.random() < P_NO_ANSWER:
+        return chosen, rng.choice(NO_ANSWER).format(**fill), "no_answer"
+    while True:
+        kind = rng.choices(STYLED_KINDS, weights=KIND_WEIGHTS[:4])[0]
+        wrong = _wrong(p, kind, rng)
+        if wrong is not None:
+            return chosen, rng.choice(STYLES).format(r=wrong, **fill), kind
+
+
+def _restyle(rows, problems):
+    """train_styles: `rows` (train) with P_STYLED of them rewritten by `_styled`."""
+    rng = _rng("rm", "styles")
+    out = []
+    for row, p in zip(rows, problems, strict=True):
+        if rng.random() < P_STYLED:
+            chosen, rejected, kind = _styled(p, rng)
+            row = dict(row, chosen=chosen, rejected=rejected, error=kind, style="mixed")
+        else:
+            row = dict(row, style="same")
+        out.append(row)
+    return out
 
 
 def _text(tpl, fill, result, final):
@@ -105,7 +174,7 @@ def build(examples):
             train_probs.append(p)
     text_rng, kind_rng, bare_rng = _rng("rm", "text"), _rng("rm", "kinds"), _rng("rm", "bare")
     pool = TEMPLATES["add"] + TRAIN_ONLY
-    train = []
+    train, kept = [], []
     for p in train_probs:
         _, fill = render(p, text_rng)          # names and objects
         tpl = text_rng.choice(pool)
@@ -116,6 +185,7 @@ def build(examples):
             row = _pair(p, tpl, fill, kind, kind_rng, bare)
             if row is not None:
                 train.append(row)
+                kept.append(p)
                 break
     test = []
     unseen_rng = _rng("rm", "unseen")
@@ -129,7 +199,8 @@ def build(examples):
         test.append(dict(row, phrasing="unseen"))
         bare = _pair(ex["problem"], tpl, fill, ex["error"], unseen_rng, bare=True)
         test.append(dict(bare, prompt=ex["prompt"], phrasing="bare"))
-    return {"add2_rm/train.jsonl": train, "add2_rm/test.jsonl": test}
+    return {"add2_rm/train.jsonl": train, "add2_rm/test.jsonl": test,
+            "add2_rm/train_styles.jsonl": _restyle(train, kept)}
 
 
 def verify(rows_by_path, examples):
@@ -146,9 +217,21 @@ def verify(rows_by_path, examples):
             assert re.sub(r"\d+", "N", r["chosen"]) not in train_shapes, r
     for r in train:
         assert "phrasing" not in r
+    styles = rows_by_path["add2_rm/train_styles.jsonl"]
+    assert [r["prompt"] for r in styles] == [r["prompt"] for r in train]
+    mixed = [r for r in styles if r["style"] == "mixed"]
+
+    def last_number(text):     # the verifier's final answer in these texts (None: none)
+        found = re.findall(r"\d+", text)
+        return int(found[-1]) if found else None
+
+    for r in mixed:       # the chosen side states the answer last, the rejected side not
+        assert last_number(r["chosen"]) == r["answer"] != last_number(r["rejected"]), r
     for r in train + test:
         assert r["chosen"] != r["rejected"], r
         assert r["chosen"].endswith("#### %d" % r["answer"]) or r["chosen"] == str(r["answer"]), r
         assert re.sub(r"\d+", "N", r["chosen"]) == re.sub(r"\d+", "N", r["rejected"]), r
     return ["add2_rm train %d pairs, test %d (seen/unseen/bare phrasing); no test problem or "
-            "unseen wording in train" % (len(train), len(test))]
+            "unseen wording in train; train_styles: %d pairs in mixed styles, %d without an "
+            "answer" % (len(train), len(test), len(mixed),
+                        sum(r["error"] == "no_answer" for r in mixed))]

@@ -30,7 +30,9 @@ a causal LM, scored as β · Σ log p(completion token | everything before it), 
 the completion tokenised separately exactly as training did; with `reference=True`, as
 β · Σ (log p − log p_ref) against the model it was trained from (DPO's implicit reward:
 text the training did not touch, e.g. prose that answers nothing, scores ~0 instead of
-its fluency). Any other folder without a score head is refused.
+its fluency, and a long answer pays no more than a short one). `reference` defaults to how
+the folder was trained (`reward_model.reference` in its recipe.yaml). Any other folder
+without a score head is refused.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def likelihood_beta(path) -> float | None:
         raise RewardModelError(f"{path}/recipe.yaml: reward_model.beta must be a number > 0, "
                                f"got {beta!r}")
     return float(beta)
+
+
+def trained_against_reference(path) -> bool:
+    """reward_model.reference of the recipe that trained a likelihood reward model: its
+    reward is β · log p/p_ref, and it is scored so unless told otherwise."""
+    section = _trained_recipe(path).get("reward_model") or {}
+    return isinstance(section, dict) and section.get("reference") is True
 
 
 def _reference_path(path) -> str:
@@ -154,7 +163,7 @@ class RewardModelScorer(Scorer):
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024,
                  dtype: str = "float32", chat_template: bool | None = None,
-                 device: str = "auto", reference: bool = False):
+                 device: str = "auto", reference: bool | None = None):
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -195,6 +204,8 @@ class RewardModelScorer(Scorer):
         self.model = model_class.from_pretrained(
             path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.reference = None
+        if reference is None:    # as trained
+            reference = self.beta is not None and trained_against_reference(path)
         if reference:     # β · (log p − log p_ref): DPO's implicit reward
             if self.beta is None:
                 raise RewardModelError(f"{path}: reference applies to likelihood reward "

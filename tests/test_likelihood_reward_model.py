@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -182,3 +183,44 @@ def test_reference_scores_the_log_likelihood_ratio(likelihood_rm, tiny_model_dir
     assert main(["check", str(recipe_file),
                  f"rewards=[{{name: reward_model, path: {classifier}, reference: true}}]"]) == 2
     assert "likelihood reward models only" in capsys.readouterr().err
+
+
+def test_reference_trained_reward_model_is_dpo_and_is_scored_as_trained(tmp_path,
+                                                                       tiny_model_dir):
+    """reward_model.reference: the Bradley-Terry loss on β · log p/p_ref (DPO's loss): log 2
+    at step 0; after training, the loss on a batch is the margin of plain forward passes of
+    the trained and the initial model; the exported folder is scored against the reference
+    without being told."""
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(PAIRS.read_text().splitlines()[:6]) + "\n")
+    recipe = _recipe(tmp_path, tiny_model_dir, data, reward_model={"reference": True},
+                     trainer={"max_steps": 3, "batch_size": 6})
+    trainer = RewardModelTrainer(recipe_from_dict(recipe))
+    assert trainer.evaluate_loss()["eval/loss"] == pytest.approx(np.log(2), abs=1e-6)
+    trainer.train()
+    pairs = trainer.load_examples(str(data), None, "train")
+    with torch.no_grad():
+        loss, _ = trainer.compute_loss(trainer.collate(pairs))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+    def reward(p, ids):
+        return BETA * (_sum_logps(model, p.prompt_ids, ids) - _sum_logps(base, p.prompt_ids, ids))
+
+    margins = torch.tensor([reward(p, p.chosen_ids) - reward(p, p.rejected_ids) for p in pairs])
+    expected, _ = bradley_terry_loss(margins, torch.zeros_like(margins))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert abs(loss.item() - np.log(2)) > 1e-3                    # it did train
+    scorer = RewardModelScorer(str(tmp_path / "rm"))              # reference: as trained
+    example = load_examples(str(data), "preference")[0]
+    score = scorer.score([scorer_prompt(example)],
+                         [example.completions["chosen"][-1]["content"]]).rewards[0]
+    assert score == pytest.approx(BETA * (_sum_logps(scorer.model, pairs[0].prompt_ids,
+                                                     pairs[0].chosen_ids)
+                                          - _sum_logps(base, pairs[0].prompt_ids,
+                                                       pairs[0].chosen_ids)), abs=1e-4)
+    with pytest.raises(ConfigError, match="reward_model.reference applies to kind"):
+        recipe_from_dict(_recipe(tmp_path, tiny_model_dir, data,
+                                 reward_model={"kind": "classifier", "reference": True}))

@@ -106,6 +106,9 @@ def _check_reward_model(recipe: Recipe, problems: list[str]) -> None:
         if rm.lm_layer is not None:
             problems.append("reward_model.lm_layer applies to kind 'classifier' only "
                             "(reward_model.kind is 'likelihood')")
+    elif rm.reference:
+        problems.append("reward_model.reference applies to kind 'likelihood' only "
+                        "(reward_model.kind is 'classifier': its head has no reference)")
 
 
 def _check_trackers(recipe: Recipe, problems: list[str]) -> None:

@@ -213,6 +213,10 @@ class RewardModelConfig:
         "log p(y | x) under the causal LM itself, trained with the same Bradley-Terry loss")
     beta: float = param(0.1, "kind likelihood: the scale of the reward, beta * summed "
                         "completion log-prob (as DPO's beta)", gt=0.0)
+    reference: bool = param(False, "kind likelihood: r = beta * log p(y|x)/p_ref(y|x) against "
+                            "the model it starts from (DPO's implicit reward), trained and "
+                            "scored so: text training did not touch scores ~0 whatever its "
+                            "length, where a plain sum of log-probs makes every token a cost")
     center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
                                  "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
     token_weight: float = param(0.0, "weight of the token-level verifier term: the head, at "

@@ -61,8 +61,30 @@ class PairData:
         return batch["n_pairs"]
 
 
-class PreferenceTrainer(PairData, Trainer):
+class ReferenceLogps:
+    """π_ref's sequence log-probs of a batch of pairs, recomputed at each step: by a frozen
+    copy, or, with LoRA, by the policy with its adapters disabled (no second copy)."""
+
     average_logps = False   # True: per-token mean log-probs (IPO's TRL convention)
+
+    def _needs_reference_copy(self) -> bool:
+        """A LoRA policy with its adapters off IS the initial policy: no copy needed."""
+        return self.recipe.model.reference is not None or not self.uses_lora
+
+    def _load_reference_copy(self) -> None:
+        self._ref_model = self.load_frozen(self.recipe.model.reference or self.recipe.model.name)
+
+    @torch.no_grad()
+    def _reference_logps(self, batch: dict) -> torch.Tensor:
+        if not hasattr(self, "_ref_model") and self._needs_reference_copy():
+            self._load_reference_copy()       # first use (e.g. an eval before training)
+        if not hasattr(self, "_ref_model"):
+            with self.policy.disable_adapter():
+                return pair_logps(self.policy, batch, average=self.average_logps)
+        return pair_logps(self._ref_model, batch, average=self.average_logps)
+
+
+class PreferenceTrainer(ReferenceLogps, PairData, Trainer):
     layout = "auto"         # `collate_preference`'s: pair rows or prefix trees per batch
 
     @property
@@ -107,20 +129,6 @@ class PreferenceTrainer(PairData, Trainer):
             self._ref_table = self._precomputed_reference()
         elif self._needs_reference_copy():
             self._load_reference_copy()
-
-    def _needs_reference_copy(self) -> bool:
-        """A LoRA policy with its adapters off IS the initial policy: no copy needed."""
-        return self.recipe.model.reference is not None or not self.uses_lora
-
-    def _load_reference_copy(self) -> None:
-        self._ref_model = self.load_frozen(self.recipe.model.reference or self.recipe.model.name)
-
-    @torch.no_grad()
-    def _reference_logps(self, batch: dict) -> torch.Tensor:
-        if not hasattr(self, "_ref_model"):
-            with self.policy.disable_adapter():
-                return pair_logps(self.policy, batch, average=self.average_logps)
-        return pair_logps(self._ref_model, batch, average=self.average_logps)
 
     def _precomputed_reference(self) -> dict[str, torch.Tensor]:
         cache = self.output_dir / "reference_logps.pt"

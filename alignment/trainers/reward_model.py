@@ -43,7 +43,18 @@ are scored: the shared tokens add the same log-prob to both, so margins and accu
 those of the whole completions. Its batches are prefix trees (`collate_pair_tree`): the
 chat template's system prompt and the words prompts share are computed once per tree too,
 50 tokens per add2 pair instead of 83 in pair rows. The saved folder is the merged causal LM; its
-`recipe.yaml` (reward_model.kind, .beta) tells `RewardModelScorer` to score it so.
+`recipe.yaml` (reward_model.kind, .beta, .reference) tells `RewardModelScorer` to score it so.
+
+With `reward_model.reference: true` the likelihood reward is measured against the model
+training starts from,
+
+    r_φ(x, y) = β · log π_φ(y | x) / π_ref(y | x)
+
+— DPO's implicit reward (Rafailov et al. 2023, Eq. 5), so the loss is DPO's (Eq. 7). A sum
+of log-probs charges every token of a completion, so the reward model prefers short text
+whatever it says; the ratio is ~0 on text training did not touch and moves only where
+training taught it something (here: the result), so a long right answer can beat a short
+wrong one. π_ref's log-probs come from the adapters switched off (LoRA) or a frozen copy.
 """
 
 from __future__ import annotations
@@ -54,12 +65,12 @@ from alignment.errors import TrainingError
 from alignment.losses import bradley_terry_loss, token_verifier_loss
 from alignment.models import honour_sliding_window, pooling_pad_id
 from alignment.trainers.base import Trainer
-from alignment.trainers.preference import Pair, PairData
+from alignment.trainers.preference import Pair, PairData, ReferenceLogps
 from alignment.trainers.prefix_tree import collate_pair_tree
 from alignment.trainers.sequences import collate_pairs, pair_logps
 
 
-class RewardModelTrainer(PairData, Trainer):
+class RewardModelTrainer(ReferenceLogps, PairData, Trainer):
     @property
     def likelihood(self) -> bool:
         return self.recipe.reward_model.kind == "likelihood"
@@ -119,7 +130,10 @@ class RewardModelTrainer(PairData, Trainer):
         n = batch["n_pairs"]
         cfg = self.recipe.reward_model
         if self.likelihood:
-            rewards = cfg.beta * pair_logps(self.model, batch).float()      # (2n,)
+            logps = pair_logps(self.model, batch).float()                 # (2n,)
+            if cfg.reference:
+                logps = logps - self._reference_logps(batch).float().to(logps.device)
+            rewards = cfg.beta * logps
             return bradley_terry_loss(rewards[:n], rewards[n:])
         device = next(self.model.parameters()).device
         width_p, width_c, width_r = batch["widths"]
