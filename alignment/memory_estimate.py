@@ -75,7 +75,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from alignment.config import Recipe
-from alignment.config.schema import CRITIC, PAIRS_ONLINE, is_online, uses_rollout
+from alignment.config.schema import (
+    CRITIC,
+    PAIRS_ONLINE,
+    completion_budget,
+    is_online,
+    uses_rollout,
+)
 
 GB = 1e9
 
@@ -270,7 +276,7 @@ def micro_batch_tokens(recipe: Recipe, lengths: DataLengths | None = None) -> in
         section = getattr(recipe, algo)
         k = getattr(section, "samples_per_prompt", None) or section.num_generations
         rows = min(batch, section.prompts_per_step * k)
-        new = recipe.rollout.max_new_tokens
+        new = completion_budget(recipe)   # a multi-turn episode: all of its turns
         if lengths is None:
             return rows * min(d.max_length, d.max_prompt_length + new)
         return rows * new + math.ceil(rows / k) * lengths.prompt
@@ -297,11 +303,14 @@ def kv_cache_bytes(recipe: Recipe, folder: Path, dtype_bytes: int) -> int:
         section = getattr(recipe, recipe.algorithm)
         per_prompt = getattr(section, "samples_per_prompt", None) or section.num_generations
         sequences = section.prompts_per_step * per_prompt
-    calls = [(sequences, d.max_prompt_length + r.max_new_tokens)]
-    if d.eval is not None:             # the engine's greedy eval of data.eval
+    new = completion_budget(recipe)    # a multi-turn episode: all of its turns
+    episodic = new != r.max_new_tokens
+    calls = [(sequences, d.max_prompt_length + new)]
+    if d.eval is not None:             # the engine's greedy eval of data.eval (episodes too)
         calls.append((math.ceil((d.eval_limit or MAX_NUM_SEQS) / world),
-                      d.max_prompt_length + recipe.eval.max_new_tokens))
-    longest = d.max_prompt_length + max(r.max_new_tokens, recipe.eval.max_new_tokens) + 8
+                      d.max_prompt_length + max(recipe.eval.max_new_tokens,
+                                                new if episodic else 0)))
+    longest = d.max_prompt_length + max(new, recipe.eval.max_new_tokens) + 8
     dtype = {2: "bfloat16", 4: "float32"}.get(dtype_bytes, "float32")
     return int(model_kv_cache(str(folder), dtype, calls, longest).gib * GIB)
 

@@ -40,7 +40,7 @@ def build_scorer(name: str, **options: Any) -> Scorer:
         hint = f" — did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown scorer '{name}'{hint} (built-in: {', '.join(BUILTIN)}; or "
                          "a dotted path 'package.module:Name' to your own)")
-    obj = _import(target or name)
+    obj = import_object(target or name)
     problems = [f"scorer '{name}', option {p}" if _names_option(p, options) else p
                 for p in option_problems(name, obj, options)]
     if problems:
@@ -103,7 +103,7 @@ def data_columns(specs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         if not isinstance(name, str) or (name not in BUILTIN and ":" not in name):
             continue
         try:
-            target = _import(BUILTIN.get(name, name))
+            target = import_object(BUILTIN.get(name, name))
             params = inspect.signature(target).parameters if inspect.isclass(target) else {}
         except (ValueError, TypeError, ImportError):
             continue
@@ -146,7 +146,7 @@ def check_specs(specs: Any, where: str = "rewards") -> list[str]:
             problems.append(f"{at}.on_error: must be 'zero' or 'raise' (got "
                             f"{spec['on_error']!r})")
         try:
-            target = _import(BUILTIN.get(name) or _known_name(name))
+            target = import_object(BUILTIN.get(name) or _known_name(name))
         except ValueError as exc:
             problems.append(f"{at}: {exc}")
             continue
@@ -281,19 +281,19 @@ class FunctionScorer(Scorer):
         return values
 
 
-def _import(path: str) -> Any:
+def import_object(path: str, what: str = "scorer") -> Any:
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"scorer '{path}': cannot import module '{module_name}' ({exc})") \
+        raise ValueError(f"{what} '{path}': cannot import module '{module_name}' ({exc})") \
             from None
     except Exception as exc:  # noqa: BLE001 - the user's module fails as it loads
-        raise ValueError(f"scorer '{path}': importing module '{module_name}' failed: "
+        raise ValueError(f"{what} '{path}': importing module '{module_name}' failed: "
                          f"{type(exc).__name__}: {exc}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"scorer '{path}': module '{module_name}' has no '{attr}'") from None
+        raise ValueError(f"{what} '{path}': module '{module_name}' has no '{attr}'") from None

@@ -34,6 +34,8 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
     _check_trackers(recipe, problems)
     if recipe.model.lora.r == 0 and recipe.model.lora.dropout > 0:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
+    if is_online(recipe) and recipe.environment.name is not None:
+        _check_environment(recipe, problems)
     if is_online(recipe):
         cache = getattr(recipe, recipe.algorithm).overlong_cache
         budget = recipe.rollout.max_new_tokens
@@ -41,6 +43,22 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
             problems.append(f"{recipe.algorithm}.overlong_cache ({cache}) must be at most "
                             f"rollout.max_new_tokens ({budget}): the overlong penalty ramps "
                             "over the last overlong_cache tokens of the completion budget")
+
+
+def _check_environment(recipe: Recipe, problems: list[str]) -> None:
+    """The environment's name and options (built once to check them: a sandbox this machine
+    cannot give fails here), and a token budget that holds at least a turn."""
+    from alignment.environments import environment_factory
+
+    env = recipe.environment
+    try:
+        environment_factory(env.name, dict(env.options))
+    except ValueError as exc:
+        problems.append(f"environment: {exc}")
+    if env.max_episode_tokens < recipe.rollout.max_new_tokens:
+        problems.append(f"environment.max_episode_tokens ({env.max_episode_tokens}) must be at "
+                        f"least rollout.max_new_tokens ({recipe.rollout.max_new_tokens}): the "
+                        "first turn alone may take that many")
 
 
 # keys of a pair loss's section that only its online mode reads (offline-only: the rest)
@@ -56,6 +74,10 @@ def check_sections(recipe: Recipe, raw: dict, problems: list[str]) -> None:
     if "rollout" in raw and not uses_rollout(recipe):
         problems.append(f"section 'rollout' applies to runs that generate (online algorithms, "
                         f"spin, {'/'.join(PAIRS_ONLINE)} with online: true), not {mode}")
+    if "environment" in raw and not is_online(recipe):
+        problems.append(f"section 'environment' applies to runs that learn from their own "
+                        f"samples (online algorithms, {'/'.join(PAIRS_ONLINE)} with online: "
+                        f"true), not {mode}")
     if "rewards" in raw and not uses_rewards(recipe):
         hint = (" (copg scores its pairs with it only with copg.rewards_from: scorer)"
                 if name == "copg" else "")

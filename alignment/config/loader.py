@@ -157,6 +157,8 @@ def recipe_to_dict(recipe: Recipe) -> dict:
         data.pop("rollout", None)
     if not uses_rewards(recipe):
         data.pop("rewards", None)
+    if not is_online(recipe):
+        data.pop("environment", None)
     if recipe.algorithm in PAIRS_ONLINE:   # only the keys of this run's mode
         drop = PAIRS_OFFLINE_KEYS if is_online(recipe) else PAIRS_ONLINE_KEYS
         for key in drop:

@@ -388,6 +388,23 @@ class RolloutConfig:
 
 
 @dataclass
+class EnvironmentConfig:
+    """Multi-turn rollouts for online trainers (`alignment.environments`): the model's turns
+    alternate with an environment's replies; only the model's tokens are trained on."""
+
+    name: str | None = param(None, "null = one completion per sample; a built-in "
+                             "(python_tool, self_correction) or 'package.module:Name'")
+    options: dict = param(default_factory=dict, help="the environment's constructor "
+                          "arguments (e.g. python_tool: {timeout_s: 5, memory_mb: 256})")
+    max_turns: int = param(2, "model turns per episode", ge=1)
+    max_episode_tokens: int = param(256, "tokens of an episode after the prompt: every model "
+                                    "turn (each at most rollout.max_new_tokens) and every "
+                                    "environment reply", gt=0)
+    workers: int = param(4, "environments stepped at once (a tool call waits on a sandbox)",
+                         gt=0)
+
+
+@dataclass
 class EvalConfig:
     """Generation eval (greedy exact-answer accuracy) run by `alignment eval` / the demo."""
 
@@ -441,7 +458,8 @@ class LoggingConfig:
 ALGORITHMS = ("dpo", "ipo", "copg", "spin", "reward_model", "grpo", "ppo", "apa", "drpo")
 ONLINE = ("grpo", "ppo", "apa", "drpo")   # algorithms that always learn from their samples
 PAIRS_ONLINE = ("dpo", "ipo", "copg")     # pair losses with an `online:` switch
-ONLINE_SECTIONS = ("rollout", "rewards")  # recipe sections only sampling / scoring runs use
+# recipe sections only sampling / scoring runs use
+ONLINE_SECTIONS = ("rollout", "rewards", "environment")
 CRITIC = ("ppo", "apa", "drpo")          # algorithms with a value model (`critic:`)
 
 
@@ -449,6 +467,14 @@ def is_online(recipe: Recipe) -> bool:
     """Does this run train on the policy's own scored samples (the online loop)?"""
     return recipe.algorithm in ONLINE or (recipe.algorithm in PAIRS_ONLINE
                                           and getattr(recipe, recipe.algorithm).online)
+
+
+def completion_budget(recipe: Recipe) -> int:
+    """Tokens a sample may take after its prompt: rollout.max_new_tokens, or with an
+    environment the whole episode's (environment.max_episode_tokens)."""
+    if recipe.environment.name is not None and is_online(recipe):
+        return recipe.environment.max_episode_tokens
+    return recipe.rollout.max_new_tokens
 
 
 def uses_rollout(recipe: Recipe) -> bool:
@@ -485,6 +511,7 @@ class Recipe:
     drpo: DRPOConfig = section(DRPOConfig)
     critic: CriticConfig = section(CriticConfig)
     rollout: RolloutConfig = section(RolloutConfig)
+    environment: EnvironmentConfig = section(EnvironmentConfig)
     rewards: list[dict] = param(
         default_factory=lambda: [{"name": "exact_answer"}],
         help="online trainers (and offline CoPG scoring its pairs): reward parts, each "

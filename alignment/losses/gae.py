@@ -9,8 +9,10 @@ implementation details of RLHF with PPO (Huang et al. 2024), ALGORITHMS.md §1.2
     G_t = A_t + V(s_t)                          the value target ("returns")
 
 `mask` marks the tokens that belong to the episode: the response tokens the policy chose.
-They are contiguous but need not start at 0 (DR-PO's reset prefix is context, not
-actions), and everything off the mask is 0 in every output.
+They need not start at 0 (DR-PO's reset prefix is context, not actions) nor be contiguous:
+in a multi-turn episode the environment's replies sit between the model's turns, and the
+recursion skips them (s_{t+1} is the state at the next token on the mask, so the value of
+a later turn flows back into an earlier one). Everything off the mask is 0 in every output.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     _check(mask, rewards, values)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
+    # the masked tokens of each row moved to its front, in order (a stable sort): the
+    # recursion then runs over the episode's tokens only, and the result is moved back
+    order = torch.sort((~mask.bool()).to(torch.int8), dim=1, stable=True).indices
+    packed = [t.gather(1, order) for t in (rewards, values, mask.bool())]
+    advantages, returns = _contiguous_gae(*packed, gamma, lam)
+    return (torch.zeros_like(advantages).scatter(1, order, advantages),
+            torch.zeros_like(returns).scatter(1, order, returns))
+
+
+def _contiguous_gae(rewards, values, mask, gamma, lam):
     m = mask.to(values.dtype)
     values, rewards = values * m, rewards * m     # V after the episode (and on pads) is 0
     advantages = torch.zeros_like(values)

@@ -24,6 +24,12 @@ class EngineSetup:
     `self.sampling` and `self.pad_id` from the recipe's `rollout:` section) and greedy
     accuracy through the engine."""
 
+    episodic = False   # multi-turn episodes (`EpisodeParts`, online trainers)
+
+    def episode_tokens(self) -> int:
+        """Tokens a sample may take after its prompt (sizes the engine's context)."""
+        return self.recipe.rollout.max_new_tokens
+
     def load_prompts(self, path, limit: int | None, split: str = "train") -> MappedRows:
         """Prompt rows (prompt + any columns the scorers read), rendered, tokenised and kept
         in Arrow; over-long prompts follow data.too_long. Evaluation rows need an answer
@@ -85,12 +91,14 @@ class EngineSetup:
         calls = [self.rollout_batch()]
         if self.eval_set:
             calls.append((math.ceil(len(self.eval_set) / self.world),
-                          self.recipe.data.max_prompt_length + self.recipe.eval.max_new_tokens))
+                          self.recipe.data.max_prompt_length + max(
+                              self.recipe.eval.max_new_tokens,
+                              self.episode_tokens() if self.episodic else 0)))
         return calls
 
     def _vllm_options(self) -> dict:
         r = self.recipe.rollout
-        longest = self.recipe.data.max_prompt_length + max(r.max_new_tokens,
+        longest = self.recipe.data.max_prompt_length + max(self.episode_tokens(),
                                                            self.recipe.eval.max_new_tokens)
         dtype = r.dtype if r.dtype != "auto" else str(self.dtype).removeprefix("torch.")
         self.kv_cache_needed = model_kv_cache(str(self.model_path), dtype,
@@ -120,6 +128,10 @@ class EngineSetup:
         if share:
             rollouts = self.engine.generate([e.prompt_ids for e, _ in share], n=1,
                                             sampling=sampling)
+            if self.episodic:   # the answer is the last turn of a greedy episode
+                rollouts, episodes = self.play([e for e, _ in share], rollouts, None, sampling)
+                rollouts.texts = [("" if why else text) for text, why in
+                                  zip(rollouts.texts, episodes.aborted, strict=True)]
             for text, ids, i in zip(rollouts.texts, rollouts.completion_ids,
                                     rollouts.prompt_index, strict=True):
                 example, counted = share[i]

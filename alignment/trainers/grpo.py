@@ -96,6 +96,6 @@ class GRPOTrainer(OnlineTrainer):
         loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
                                   clip_low=self.g.clip_low, clip_high=self.g.clip_high,
                                   beta=self.g.beta, aggregation=self.g.aggregation,
-                                  max_length=self.recipe.rollout.max_new_tokens,
+                                  max_length=self.episode_tokens(),
                                   is_weights=weights)
         return loss, {**metrics, **is_metrics}

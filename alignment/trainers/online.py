@@ -35,6 +35,7 @@ from alignment.rollout import Rollouts, logprob_gap
 from alignment.trainers import batching
 from alignment.trainers.base import Trainer, TrainingError
 from alignment.trainers.engine_setup import EngineSetup
+from alignment.trainers.multi_turn import EpisodeParts, with_episodes
 from alignment.trainers.online_parts import (  # noqa: F401 - _micro_batches: tests use it here
     PromptExample,
     RoundStats,
@@ -51,7 +52,7 @@ from reward_models.registry import build_composite
 VERIFIERS = ("exact_answer", "math_equiv", "python_tests")   # parts that mean "correct"
 
 
-class OnlineTrainer(EngineSetup, Trainer):
+class OnlineTrainer(EpisodeParts, EngineSetup, Trainer):
     @property
     def algo(self):
         """The recipe section of this run's algorithm (an `OnlineConfig`)."""
@@ -103,7 +104,7 @@ class OnlineTrainer(EngineSetup, Trainer):
 
     def rollout_batch(self) -> tuple[int, int]:
         return (self.prompts_per_step * self.samples_per_prompt,
-                self.recipe.data.max_prompt_length + self.recipe.rollout.max_new_tokens)
+                self.recipe.data.max_prompt_length + self.episode_tokens())
 
     def make_sample(self, rollouts: Rollouts, i: int, reward: float, truncated: bool,
                     advantage: float = 0.0) -> Sample:
@@ -132,6 +133,7 @@ class OnlineTrainer(EngineSetup, Trainer):
         self.verifier_key = next((p.key for p in self.scorer.parts
                                   if p.scorer.name in VERIFIERS and not p.constraint), None)
         self.ref_model = self._load_reference() if self.needs_reference() else None
+        self.start_environment()
         self.start_engine()
 
     def _load_reference(self):
@@ -193,7 +195,8 @@ class OnlineTrainer(EngineSetup, Trainer):
 
     def _train_step(self) -> dict:
         t0 = time.perf_counter()
-        times = dict.fromkeys(("generate", "score", "prepare", "update", "sync"), 0.0)
+        times = dict.fromkeys(("generate", "episodes", "score", "prepare", "update", "sync"),
+                              0.0)
         samples, info = [], RoundStats()
         prompts = self._step_prompts()
         for round_ in range(self.max_rounds):
@@ -201,8 +204,13 @@ class OnlineTrainer(EngineSetup, Trainer):
                 prompts = self._extra_prompts(round_)
             with _timed(times, "generate"):
                 scored, rollouts = self.generate_rollouts(prompts, round_)
+            episodes = None
+            if self.episodic:   # turns 2.. of every sample, batched turn by turn
+                with _timed(times, "episodes"):
+                    rollouts, episodes = self.play(scored, rollouts,
+                                                   self._prompt_seeds(scored, round_))
             with _timed(times, "score"):
-                rewards, truncated = self._score(scored, rollouts, info)
+                rewards, truncated = self._score(scored, rollouts, info, episodes)
             for sample in self.make_batch(rollouts, rewards, truncated, info):
                 sample.group += round_ * len(scored)
                 samples.append(sample)
@@ -332,10 +340,11 @@ class OnlineTrainer(EngineSetup, Trainer):
         self.gaps.append((gap["rollout/logprob_gap_mean"], gap["rollout/logprob_gap_max"]))
         batch["gap_logged"] = True
 
-    def _score(self, prompts: list[PromptExample], rollouts: Rollouts,
-               info: RoundStats) -> tuple[list[float], list[bool]]:
-        """Scores from the recipe's rewards (errors counted, scored 0), plus DAPO's soft
-        overlong penalty when `overlong_cache` is set; and which samples were truncated."""
+    def _score(self, prompts: list[PromptExample], rollouts: Rollouts, info: RoundStats,
+               episodes=None) -> tuple[list[float], list[bool]]:
+        """Scores from the recipe's rewards (errors counted, scored 0; episodes: their last
+        turn, + the environment's rewards, 0 if aborted), plus DAPO's soft overlong penalty
+        when `overlong_cache` is set; and which samples were truncated."""
         rows = [prompts[i].row for i in rollouts.prompt_index]
         # the prompt as written in the data, as `alignment score` passes it (a reward model
         # renders it with its own template; the policy's rendering would be templated twice)
@@ -347,6 +356,9 @@ class OnlineTrainer(EngineSetup, Trainer):
             raise ScorerError(f"rewards: {where}: {exc.reason}") from None
         except ValueError as exc:   # e.g. a user's scorer returning the wrong shape
             raise ScorerError(f"rewards: {exc}") from None
+        if episodes is not None:
+            result = with_episodes(result, episodes, self.verifier_key)
+            info.add_episodes(episodes)
         for i, error in enumerate(result.errors):
             if error is not None:
                 info.errors += 1
@@ -357,14 +369,15 @@ class OnlineTrainer(EngineSetup, Trainer):
         bad = self._non_finite_rewards(prompts, rollouts, result, info)
         info.add(result, rollouts, truncated, self.verifier_key)
         if not info.examples:   # a few samples per step, to read what the policy writes
+            texts = episodes.transcripts if episodes is not None else rollouts.texts
             info.examples = [{"step": self.step + 1, "prompt": prompts[rollouts.prompt_index[i]]
-                              .text[-120:], "completion": rollouts.texts[i],
+                              .text[-120:], "completion": texts[i],
                               "reward": result.rewards[i] if i not in bad else None}
                              for i in range(min(4, len(rollouts)))]
         rewards = [math.nan if i in bad else r for i, r in enumerate(result.rewards)]
         if self.algo.overlong_cache:
             lengths = torch.tensor([len(c) for c in rollouts.completion_ids])
-            penalty = overlong_penalty(lengths, self.recipe.rollout.max_new_tokens,
+            penalty = overlong_penalty(lengths, self.episode_tokens(),
                                        self.algo.overlong_cache).tolist()
             info.parts.setdefault("overlong_penalty", []).extend(penalty)
             rewards = [r + p for r, p in zip(rewards, penalty, strict=True)]

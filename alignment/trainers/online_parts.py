@@ -51,6 +51,16 @@ class RoundStats:
         self.examples: list[dict] = []
         self.groups = 0
         self.groups_with_signal = 0
+        self.episode: dict[str, list[float]] = {}   # multi-turn: per-episode values
+
+    def add_episodes(self, info) -> None:
+        """An `EpisodeInfo`'s turns, reply tokens, aborts and step metrics."""
+        values = {"turns": info.turns, "reply_tokens": info.reply_tokens,
+                  "aborted": [float(a is not None) for a in info.aborted]}
+        for key in sorted({k for m in info.metrics for k in m}):
+            values[key] = [m[key] for m in info.metrics if key in m]
+        for key, xs in values.items():
+            self.episode.setdefault(key, []).extend(float(x) for x in xs)
 
     def add(self, result, rollouts: Rollouts, truncated: list[bool], verifier_key):
         # non-finite values are counted apart (`nonfinite`): a mean over them would be NaN
@@ -71,6 +81,7 @@ class RoundStats:
                "reward_errors": (float(self.errors), 1.0),
                "reward_nonfinite": (float(self.nonfinite), 1.0)}
         out.update({f"rewards/{k}": tally(v) for k, v in self.parts.items()})
+        out.update({f"episode/{k}": tally(v) for k, v in self.episode.items()})
         if self.correct:
             out["accuracy"] = tally(self.correct)
         out["groups_with_signal"] = (float(self.groups_with_signal), float(self.groups))
