@@ -20,6 +20,7 @@ after saving what it could (run the same command to resume).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -100,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     ev.add_argument("--system-prompt", default=None)
+    ev.add_argument("--environment", default=None, help="--model: play each prompt as a "
+                    "greedy multi-turn episode with this environment (python_tool, "
+                    "self_correction or package.module:Name); the last turn is the answer")
+    ev.add_argument("--environment-options", default="{}", help="the environment's options "
+                    "as JSON, e.g. '{\"timeout_s\": 5}'")
+    ev.add_argument("--max-turns", type=int, default=2, help="--environment: model turns")
+    ev.add_argument("--max-episode-tokens", type=int, default=256,
+                    help="--environment: tokens after the prompt, replies included")
     ev.add_argument("--output", "--json", dest="output", default=None,
                     help="JSON result path (--model default: <model dir>/eval.json or "
                     "eval.json; --reward-model: only when given)")
@@ -203,9 +212,25 @@ def _eval(args) -> int:
         return EXIT_USAGE
     if args.reward_model:
         return _eval_reward_model(args)
+    try:
+        options = json.loads(args.environment_options)
+        if not isinstance(options, dict):
+            raise ValueError("not a JSON object")
+        if args.environment is not None:
+            from alignment.environments import environment_factory
+
+            environment_factory(args.environment, options)   # name and options checked now
+    except ValueError as exc:
+        print(f"error: --environment: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_turns <= 0 or args.max_episode_tokens <= 0:
+        print("error: --max-turns and --max-episode-tokens must be positive", file=sys.stderr)
+        return EXIT_USAGE
     settings = EvalSettings(limit=args.n, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, dtype=args.dtype,
-                            system_prompt=args.system_prompt)
+                            system_prompt=args.system_prompt, environment=args.environment,
+                            environment_options=options, max_turns=args.max_turns,
+                            max_episode_tokens=args.max_episode_tokens)
     result = evaluate(args.model, args.data, settings, progress=sys.stderr.isatty())
     print(format_table(result))
     output = args.output

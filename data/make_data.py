@@ -19,10 +19,13 @@ Layout written under ``data/arithmetic/``::
     preference/{train,test}.jsonl       {"prompt", "chosen", "rejected", "answer", "task", "error"}
     preference_chat/{train,test}.jsonl  same, TRL conversational preference format
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
+    add2_sub2/{train,test}.jsonl        the add2 and sub2 rows of rl/ (self-correction)
     add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
     add2_rm/{train,test,train_styles}.jsonl  reward-model pairs for add2 (make_rm_pairs.py)
     sft_columns/{train,test}.jsonl      sft_plain's rows worked one digit column at a time
                                         (worked_columns.py)
+    mul_tool/{train,test,sft}.jsonl     3-digit x 2-digit products for the Python-tool
+                                        showcase, and tool-use demonstrations (make_tool_data.py)
 
 All five formats of one split hold the same problems with the same prompts, in the same order.
 """
@@ -35,7 +38,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 5
+DATASET_VERSION = 6
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split
@@ -544,11 +547,16 @@ def build_files(examples=None):
         for fmt in ("sft_plain", "preference"):
             files["add2_%s/%s.jsonl" % (fmt, split)] = to_jsonl(
                 format_row(fmt, ex) for ex in examples[split] if ex["task"] == "add2")
+        # the self-correction showcase's two tasks (version 6)
+        files["add2_sub2/%s.jsonl" % split] = to_jsonl(
+            format_row("rl", ex) for ex in examples[split] if ex["task"] in ("add2", "sub2"))
     for rel, rows in make_rm_pairs.build(examples).items():
         files[rel] = to_jsonl(rows)
     # the six-task mix again, each step worked one digit column at a time
     for split in SPLITS:
         files["sft_columns/%s.jsonl" % split] = to_jsonl(columns_row(ex) for ex in examples[split])
+    for rel, rows in make_tool_data.build().items():   # the multi-turn tool showcase
+        files[rel] = to_jsonl(rows)
     return files
 
 
@@ -656,6 +664,8 @@ def verify(examples, files):
             assert [c[3] for c in checked] == _equations_values(ex["chosen"]), row
             assert row["completion"].endswith("\n" + ex["chosen"]) and row["prompt"] == ex["prompt"], row
     lines.append("sft_columns: every column of every worked step re-derived and checked")
+    lines += make_tool_data.verify({rel: [json.loads(line) for line in files[rel].splitlines()]
+                                    for rel in files if rel.startswith("mul_tool/")})
     return lines
 
 
@@ -666,6 +676,7 @@ def _equations_values(text):
 # --------------------------------------------------------------------------- main
 
 import make_rm_pairs  # noqa: E402 - it imports the helpers above from this module
+import make_tool_data  # noqa: E402
 import worked_columns  # noqa: E402
 
 

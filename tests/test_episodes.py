@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from test_grpo_trainer import make_recipe
 from transformers import AutoModelForCausalLM
 
 from alignment.config import ConfigError
@@ -21,7 +22,6 @@ from alignment.rollout import SamplingParams, make_engine
 from alignment.rollout.episodes import EpisodeLimits, ReplyRenderer, play_episodes
 from alignment.trainers.grpo import GRPOTrainer
 from alignment.trainers.sequences import collate_online, group_token_logps
-from test_grpo_trainer import make_recipe, prompts_file  # noqa: F401 - a fixture
 
 
 class Again(Environment):
@@ -37,6 +37,14 @@ class Again(Environment):
         self.seen += 1
         return Step(observation=f"again {self.seen}", role="tool", done=self.seen >= self.turns,
                     reward=0.25, metrics={"steps": 1.0})
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory, repo_root):
+    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +225,34 @@ def test_grpo_trains_on_episodes(tmp_path, tiny_model_dir, prompts_file):
     sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert "again 1" in sample["completion"]
     assert "eval/accuracy" in rows[-1]   # greedy episodes through the engine
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
+def test_actor_critic_and_online_pairs_train_on_episodes(tmp_path, tiny_model_dir, prompts_file,
+                                                         algorithm):
+    """PPO (critic, GAE across the reply) on SCoRe's two attempts; online DPO on pairs of
+    episodes: the environment's turns reach every online trainer through the same loop."""
+    from test_actor_critic import ac_dict
+    from test_pair_trainers import online_recipe
+
+    from alignment.config import recipe_from_dict
+    from alignment.trainers import run_recipe
+
+    env = {"name": "self_correction", "max_turns": 2, "max_episode_tokens": 48}
+    if algorithm == "ppo":
+        recipe = recipe_from_dict(ac_dict("ppo", tmp_path, tiny_model_dir, prompts_file,
+                                          rewards=[{"name": "exact_answer"}], environment=env,
+                                          trainer={"max_steps": 2, "eval_every": None}))
+    else:
+        recipe = online_recipe(tmp_path, tiny_model_dir, prompts_file, environment={
+            **env, "name": "test_episodes:Again", "options": {"turns": 2}})
+    run_recipe(recipe)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert steps[0]["episode/turns"] == 2.0 and steps[0]["rollout/logprob_gap_max"] < 1e-4
+    if algorithm == "ppo":
+        assert "episode/accuracy_t1" in steps[0] and "episode/accuracy_t2" in steps[0]
+        assert "critic/explained_variance" in steps[0]
+    else:
+        assert steps[0]["pairs"] >= 1

@@ -435,10 +435,16 @@ class Trainer(Checkpointing, abc.ABC):
             from alignment.evaluation import EvalSettings, evaluate, format_table
 
             self._say(f"generation eval ({tag} training) on {ev.data} ...")
+            env = self.recipe.environment if getattr(self, "episodic", False) else None
             settings = EvalSettings(limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                                     batch_size=ev.batch_size,
                                     chat_template=self.recipe.data.chat_template,
-                                    system_prompt=self.recipe.data.system_prompt)
+                                    system_prompt=self.recipe.data.system_prompt,
+                                    **({} if env is None else {
+                                        "environment": env.name,
+                                        "environment_options": dict(env.options),
+                                        "max_turns": env.max_turns,
+                                        "max_episode_tokens": env.max_episode_tokens}))
             was_training = self.policy.training
             self.policy.config.use_cache = True
             result = evaluate(self.recipe.model.name if tag == "before" else str(self.output_dir),

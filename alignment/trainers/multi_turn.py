@@ -41,7 +41,7 @@ class EpisodeParts:
 
     @property
     def episodic(self) -> bool:
-        return getattr(self, "new_environment", None) is not None
+        return self.recipe.environment.name is not None
 
     def episode_tokens(self) -> int:
         """Tokens a sample may take after its prompt (sizes the engine's context)."""
