@@ -128,7 +128,7 @@ def report(rows: list[dict], scores: list[list[dict]], beta: float) -> dict:
     for rule in RULES:
         for n in NS:
             one = best = any_ = 0
-            pick_len, right_len, pick_right_len = [], [], []
+            pick_len, right_len = [], []
             for row, cand_scores in zip(rows, scores, strict=True):
                 cands = row["candidates"][:n]
                 ok = [is_correct(c["completion"], row["answer"]) for c in cands]
@@ -138,7 +138,7 @@ def report(rows: list[dict], scores: list[list[dict]], beta: float) -> dict:
                 best += ok[pick]
                 any_ += any(ok)
                 pick_len.append(len(cands[pick]["completion"]))
-                right_len += [len(c["completion"]) for c, o in zip(cands, ok) if o]
+                right_len += [len(c["completion"]) for c, o in zip(cands, ok, strict=True) if o]
             m = len(rows)
             result[f"{rule}@{n}"] = {
                 "one_sample": one / m, "best_of_n": best / m, "any_of_n": any_ / m,

@@ -60,9 +60,9 @@ def build():
     train_rows = [row(a, b) for a, b in train]
     style = _rng("sft")
     sft = []
-    for r, (a, b) in zip(train_rows[:N_SFT], train[:N_SFT]):
+    for r, (a, b) in zip(train_rows[:N_SFT], train[:N_SFT], strict=True):
         user = {"role": "user", "content": r["prompt"]}
-        call = {"role": "assistant", "content": "```python\nprint(%d * %d)\n```" % (a, b)}
+        call = {"role": "assistant", "content": f"```python\nprint({a} * {b})\n```"}
         output = {"role": "tool", "content": str(a * b)}
         answer = style.choice(ANSWERS).format(a=a, b=b, c=a * b)
         extra = {"answer": a * b, "task": "mul3x2"}
@@ -84,18 +84,18 @@ def verify(rows_by_path):
 
     pairs = {}
     for split in ("train", "test"):
-        rows = rows_by_path["mul_tool/%s.jsonl" % split]
+        rows = rows_by_path[f"mul_tool/{split}.jsonl"]
         for r in rows:
             a, b = operands(r["prompt"])
             assert 100 <= a <= 999 and 10 <= b <= 99 and r["answer"] == a * b, r
         pairs[split] = {operands(r["prompt"]) for r in rows}
-        assert len(pairs[split]) == len(rows), "mul_tool/%s: a repeated problem" % split
+        assert len(pairs[split]) == len(rows), f"mul_tool/{split}: a repeated problem"
     assert not pairs["train"] & pairs["test"], "mul_tool: a test problem is in train"
     sft = rows_by_path["mul_tool/sft.jsonl"]
-    for call, answer in zip(sft[0::2], sft[1::2]):
+    for call, answer in zip(sft[0::2], sft[1::2], strict=True):
         a, b = operands(call["prompt"][0]["content"])
-        assert call["completion"][0]["content"] == "```python\nprint(%d * %d)\n```" % (a, b)
+        assert call["completion"][0]["content"] == f"```python\nprint({a} * {b})\n```"
         assert answer["prompt"][2] == {"role": "tool", "content": str(a * b)}
         assert answer["completion"][0]["content"].rstrip(".").endswith(str(a * b)), answer
-    return ["mul_tool: %d train, %d test problems (disjoint), %d demonstration rows checked"
-            % (len(pairs["train"]), len(pairs["test"]), len(sft))]
+    return [f"mul_tool: {len(pairs['train'])} train, {len(pairs['test'])} test problems "
+            f"(disjoint), {len(sft)} demonstration rows checked"]
