@@ -13,6 +13,7 @@ turns, aborted share, the environment's metrics) and the samples keep whole tran
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -54,8 +55,16 @@ def evaluate(model: str, data: str, settings: EvalSettings | None = None, *,
     else:
         lm, tokenizer = loaded
     lm.eval()
+    tools = None
+    if s.environment is not None:   # an environment's typed functions, shown as in training
+        from alignment.environments import environment_factory, tool_schemas
+
+        schemas = tool_schemas(environment_factory(s.environment, s.environment_options)())
+        tools = json.loads(schemas) if schemas else None
     prompts = [render_prompt(tokenizer, ex.prompt, chat_template=s.chat_template,
-                             system_prompt=s.system_prompt, plain=ex.plain) for ex in examples]
+                             system_prompt=s.system_prompt, plain=ex.plain,
+                             tools=ex.tools if ex.tools is not None else tools)
+               for ex in examples]
     start = time.perf_counter()
     episodes = None
     if s.environment is not None:

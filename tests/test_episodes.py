@@ -39,6 +39,19 @@ class Again(Environment):
                     reward=0.25, metrics={"steps": 1.0})
 
 
+class Flaky(Again):
+    """Again, but its second step raises on prompts with an even answer (a user's bug)."""
+
+    def reset(self, row, verify):
+        super().reset(row, verify)
+        self.even = int(row["answer"]) % 2 == 0
+
+    def step(self, text):
+        if self.seen == 1 and self.even:
+            raise RuntimeError("flaky environment")
+        return super().step(text)
+
+
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory, repo_root):
     rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
@@ -185,13 +198,17 @@ def test_python_tool_runs_code_and_ends_hostile_calls():
 
 
 def test_self_correction_pays_for_fixing_and_charges_for_breaking():
-    env = SelfCorrection(alpha=0.5)
-    env.reset({"answer": "5"}, lambda text: float(text.strip().endswith("5")))
+    verify = lambda text: float(text.strip().endswith("5"))  # noqa: E731
+    env = SelfCorrection(alpha=0.5, first_attempt_weight=0.25)
+    env.reset({"answer": "5"}, verify)
     first = env.step("It is 4")
-    assert not first.done and first.observation and first.metrics == {"accuracy_t1": 0.0}
+    assert not first.done and first.observation and first.reward == 0.0
+    assert first.metrics == {"accuracy_t1": 0.0}
     second = env.step("Correction: it is 5")
     assert second.done and second.reward == 0.5
     assert second.metrics == {"accuracy_t2": 1.0, "wrong_to_right": 1.0, "right_to_wrong": 0.0}
+    env.reset({"answer": "5"}, verify)   # right, then broken: w·1 now, −α·1 after
+    assert env.step("5").reward == 0.25 and env.step("no, 4").reward == -0.5
 
 
 def test_environment_names_and_options_are_checked(tmp_path, tiny_model_dir, prompts_file):
@@ -211,17 +228,24 @@ def test_environment_names_and_options_are_checked(tmp_path, tiny_model_dir, pro
 
 
 # ------------------------------------------------------------------ trainers
-def test_grpo_trains_on_episodes(tmp_path, tiny_model_dir, prompts_file):
+def test_grpo_trains_on_episodes_and_goes_on_past_a_failing_environment(
+        tmp_path, tiny_model_dir, prompts_file, capsys):
     recipe = make_recipe(tmp_path, tiny_model_dir, prompts_file,
-                         environment={"name": "test_episodes:Again", "options": {"turns": 2},
+                         environment={"name": "test_episodes:Flaky", "options": {"turns": 2},
                                       "max_turns": 3, "max_episode_tokens": 40},
                          trainer={"max_steps": 2, "eval_every": 2})
     GRPOTrainer(recipe).train()
+    err = capsys.readouterr().err
+    assert "episode ended with reward 0 on step 1" in err
+    assert "Flaky.step raised RuntimeError: flaky environment" in err
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    step = rows[1]
-    assert step["episode/turns"] == 2.0 and step["episode/steps"] == 2.0
-    assert step["rewards/environment"] == 0.5 and step["reward"] >= 0.5
-    assert step["time/episodes"] > 0 and step["rollout/logprob_gap_max"] < 1e-6
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2 and all(r["episode/turns"] == 2.0 for r in steps)
+    aborted = sum(r["episode/aborted"] for r in steps) / 2
+    assert 0 < aborted < 1   # the even answers' episodes: reward 0, the others 0.5 from steps
+    for r in steps:
+        assert r["rewards/environment"] == pytest.approx(0.5 * (1 - r["episode/aborted"]))
+        assert r["time/episodes"] > 0 and r["rollout/logprob_gap_max"] < 1e-6
     sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert "again 1" in sample["completion"]
     assert "eval/accuracy" in rows[-1]   # greedy episodes through the engine
@@ -256,3 +280,63 @@ def test_actor_critic_and_online_pairs_train_on_episodes(tmp_path, tiny_model_di
         assert "critic/explained_variance" in steps[0]
     else:
         assert steps[0]["pairs"] >= 1
+
+
+def test_eval_plays_greedy_episodes(tiny_model_dir, prompts_file):
+    from alignment.evaluation import EvalSettings, evaluate, format_table
+
+    result = evaluate(tiny_model_dir, prompts_file, EvalSettings(
+        limit=3, max_new_tokens=4, environment="test_episodes:Again", environment_options={
+            "turns": 2}, max_turns=3, max_episode_tokens=40))
+    assert result["n"] == 3 and result["episodes"]["turns"] == 2.0
+    assert result["episodes"]["steps"] == 2.0 and result["episodes"]["aborted"] == 0.0
+    assert "again 1" in result["samples"][0]["transcript"]
+    assert "episodes: environment test_episodes:Again" in format_table(result)
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: the first factor
+        b: the second factor
+    """
+    return a * b
+
+
+def test_function_tools_call_typed_functions_by_name():
+    from alignment.environments.function_tools import FunctionTools
+
+    env = environment_factory("function_tools", {"tools": ["test_episodes:multiply"]})()
+    step = env.step('<tool_call>{"name": "multiply", "arguments": {"a": 347, "b": 58}}'
+                    '</tool_call>')
+    assert (step.observation, step.role, step.done) == ("20126", "tool", False)
+    bad = env.step('<tool_call>{"name": "divide", "arguments": {}}</tool_call>'
+                   '<tool_call>{"name": "multiply", "arguments": {"a": 1}}</tool_call>'
+                   '<tool_call>{"name": multiply}</tool_call>')
+    assert bad.observation.splitlines() == [
+        "error: no tool named 'divide' (tools: multiply)",
+        "error: missing a required argument: 'b'",
+        "error: the tool call is not valid JSON (Expecting value)"]
+    assert bad.metrics == {"tool_calls": 3.0, "tool_errors": 3.0}
+    assert env.step("It is 20126.").done
+    with pytest.raises(ValueError, match="cannot import module"):
+        FunctionTools(tools=["no_such_module:f"])
+
+
+def test_environment_tools_are_rendered_into_the_prompts(tmp_path, tiny_model_dir,
+                                                         prompts_file):
+    """An environment's typed functions reach the chat template of every training prompt
+    (here a template that lists them), as a row's own `tools` column would."""
+    recipe = make_recipe(tmp_path, tiny_model_dir, prompts_file, environment={
+        "name": "function_tools", "options": {"tools": ["test_episodes:multiply"]}})
+    trainer = GRPOTrainer(recipe)
+    schemas = json.loads(trainer.prompt_tools())
+    assert schemas[0]["function"]["name"] == "multiply"
+    assert schemas[0]["function"]["parameters"]["required"] == ["a", "b"]
+    trainer.tokenizer.chat_template = (
+        "{% if tools %}TOOLS {% for t in tools %}{{ t.function.name }} {% endfor %}{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    rows = trainer.load_prompts(prompts_file, 2, "train")
+    assert rows[0].text.startswith("TOOLS multiply ")

@@ -242,3 +242,45 @@ def test_vllm_filtered_sampling_logprobs_match_the_trainer(vllm_engine, bundled_
                       batch["completion_mask"])
     print("vLLM vs trainer log-prob gap, top-k 20 / top-p 0.9 (fp32):", gap)
     assert gap["rollout/logprob_gap_max"] < 1e-3, gap      # measured: 2.9e-5
+
+
+@pytest.mark.vllm
+@pytest.mark.bundled
+def test_vllm_episodes_equal_hf_and_keep_the_trainers_logprobs(vllm_engine, bundled_fp32):
+    """Multi-turn: vLLM continues each episode from its whole context (prompt, turns,
+    replies) exactly as HF does (greedy), and its sampling log-probs of the model's tokens
+    agree with one trainer forward over the episode (replies masked)."""
+    from alignment.environments import Environment, Step
+    from alignment.models import stop_token_ids
+    from alignment.rollout.episodes import EpisodeLimits, ReplyRenderer, play_episodes
+
+    class AskTwice(Environment):
+        def reset(self, row, verify):
+            self.turns = 0
+
+        def step(self, text):
+            self.turns += 1
+            return Step(observation="Are you sure? Answer again.", done=self.turns >= 2)
+
+    model, tokenizer, prompts = bundled_fp32
+    vllm_engine.sync_weights(model)     # (another test may have changed the model)
+    renderer = ReplyRenderer(tokenizer, stop_token_ids(tokenizer, model))
+
+    def play(engine, sampling, n=1):
+        first = engine.generate(prompts, n=n, sampling=sampling)
+        return play_episodes(engine, first, [AskTwice() for _ in range(len(first))],
+                             rows=[{}] * len(prompts), verify=lambda i, t: 0.0,
+                             renderer=renderer, sampling=sampling,
+                             limits=EpisodeLimits(max_turns=2, max_episode_tokens=64))
+
+    greedy = SamplingParams(temperature=0, max_new_tokens=12)
+    hf = make_engine("hf", model=model, tokenizer=tokenizer)
+    (ours, info), (theirs, _) = play(vllm_engine, greedy), play(hf, greedy)
+    assert ours.completion_ids == theirs.completion_ids and ours.forced == theirs.forced
+    assert info.turns == [2, 2, 2]
+    r, _ = play(vllm_engine, SamplingParams(temperature=0.8, max_new_tokens=12, seed=0), n=2)
+    batch = r.padded(tokenizer.pad_token_id)
+    model_tokens = batch["completion_mask"] & ~batch["forced_mask"]
+    assert batch["forced_mask"].any()
+    gap = logprob_gap(batch["sampling_logps"], recompute(model, prompts, r, 0.8), model_tokens)
+    assert gap["rollout/logprob_gap_max"] < 1e-2, gap

@@ -49,6 +49,7 @@ class TokenizeSettings:
     too_long: str = "skip"
     chat_template: bool = True
     system_prompt: str | None = None
+    tools: str | None = None   # JSON function schemas for rows without a `tools` column
 
 
 class TokenizedRows(Sequence):

@@ -16,6 +16,7 @@ skipped and counted (their DPO gradient is exactly zero).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ class SkipReport:
 
 def tokenize_example(tokenizer, ex: Example, *, max_length: int, max_prompt_length: int,
                      too_long: str = "skip", chat_template: bool = True,
-                     system_prompt: str | None = None
+                     system_prompt: str | None = None, tools: str | None = None
                      ) -> tuple[list[int], dict[str, list[int]], str, str]:
     """One row: (prompt ids, completion ids by name, status, rendered prompt text); status
     is "" (kept as is), "too_long" (to skip), or holds "truncated" and/or "identical" (to
@@ -64,11 +65,13 @@ def tokenize_example(tokenizer, ex: Example, *, max_length: int, max_prompt_leng
     try:
         if ex.text is not None:   # language modelling: every token after the first is a label
             return _text_tokens(tokenizer, ex.text, max_length, too_long, ex.where)
+        # a row's own `tools` column, else the run's (an environment's functions)
+        row_tools = ex.tools if ex.tools is not None else (json.loads(tools) if tools else None)
         prompt_text = render_prompt(tokenizer, ex.prompt, chat_template=chat_template,
-                                    system_prompt=system_prompt, plain=ex.plain, tools=ex.tools)
+                                    system_prompt=system_prompt, plain=ex.plain, tools=row_tools)
         texts = {name: render_completion(tokenizer, prompt_text, ex.prompt, msgs,
                                          chat_template=chat_template,
-                                         system_prompt=system_prompt, tools=ex.tools)
+                                         system_prompt=system_prompt, tools=row_tools)
                  for name, msgs in ex.completions.items()}
     except DataError as exc:
         raise DataError(f"{ex.where}: {exc}") from None

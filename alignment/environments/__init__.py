@@ -10,6 +10,7 @@ alternate with the environment's replies until the environment says done or a li
 reached. The interface is `base.Environment` / `base.Step`; the built-ins:
 
   python_tool       the model runs ```python blocks in the sandbox; their output comes back
+  function_tools    typed Python functions rendered by the chat template, called by name
   self_correction   SCoRe: the model is asked to check and revise its first answer
 """
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 
 from alignment.environments.base import Environment, Step
 from reward_models.registry import import_object
 
 BUILTIN = {
     "python_tool": "alignment.environments.python_tool:PythonTool",
+    "function_tools": "alignment.environments.function_tools:FunctionTools",
     "self_correction": "alignment.environments.self_correction:SelfCorrection",
 }
 
@@ -73,4 +76,16 @@ def _option_problems(cls: type, options: dict) -> list[str]:
     return problems
 
 
-__all__ = ["BUILTIN", "Environment", "Step", "environment_class", "environment_factory"]
+def tool_schemas(environment) -> str | None:
+    """The JSON schemas of an environment instance's `tools` (typed functions), for the chat
+    template; None when it has none."""
+    tools = getattr(environment, "tools", None)
+    if not tools:
+        return None
+    from transformers.utils import get_json_schema
+
+    return json.dumps([get_json_schema(fn) for fn in tools])
+
+
+__all__ = ["BUILTIN", "Environment", "Step", "environment_class", "environment_factory",
+           "tool_schemas"]

@@ -48,7 +48,11 @@ class Step:
 
 
 class Environment:
-    """Subclass and override `step` (and `reset` when an episode keeps state)."""
+    """Subclass and override `step` (and `reset` when an episode keeps state). `tools`:
+    typed functions with docstrings the chat template renders into every prompt, where the
+    model's template supports tools (`function_tools` calls them)."""
+
+    tools: list[Callable] = []
 
     def reset(self, row: dict[str, Any], verify: Callable[[str], float]) -> None:
         """A new episode on the prompt of `row` (its data columns)."""

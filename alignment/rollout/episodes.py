@@ -128,8 +128,7 @@ def play_episodes(engine, first: Rollouts, envs: list[Environment], *, rows: lis
               for i, c in enumerate(ids)]
     last_text, finish = list(first.texts), list(first.finish_reasons)
     info = EpisodeInfo(turns=[1] * n, env_rewards=[0.0] * n, aborted=[None] * n,
-                       metrics=[{} for _ in range(n)], transcripts=list(first.texts),
-                       reply_tokens=[0] * n)
+                       metrics=[{} for _ in range(n)], transcripts=[], reply_tokens=[0] * n)
     k_of = _index_in_group(first.prompt_index)
     for i, env in enumerate(envs):
         env.reset(rows[first.prompt_index[i]], lambda text, i=i: verify(i, text))
@@ -155,7 +154,6 @@ def play_episodes(engine, first: Rollouts, envs: list[Environment], *, rows: lis
             logps[i] += [0.0] * len(reply)
             forced[i] += [True] * len(reply)
             info.reply_tokens[i] += len(reply)
-            info.transcripts[i] += renderer.tokenizer.decode(reply) if reply else ""
             going.append(i)
         live = going
         if not live:
@@ -180,7 +178,7 @@ def play_episodes(engine, first: Rollouts, envs: list[Environment], *, rows: lis
             forced[i] += [False] * len(new)
             last_text[i], finish[i] = text, reason
             info.turns[i] += 1
-            info.transcripts[i] += text
+    info.transcripts = [renderer.tokenizer.decode(c) for c in ids]   # specials kept
     rollouts = Rollouts(prompt_ids=first.prompt_ids, completion_ids=ids, logprobs=logps,
                         texts=last_text, finish_reasons=finish,
                         prompt_index=list(first.prompt_index), forced=forced)

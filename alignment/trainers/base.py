@@ -135,7 +135,7 @@ class Trainer(Checkpointing, abc.ABC):
 
         d = self.recipe.data
         settings = TokenizeSettings(d.max_length, d.max_prompt_length, d.too_long,
-                                    d.chat_template, d.system_prompt)
+                                    d.chat_template, d.system_prompt, self.prompt_tools())
         with self.accelerator.main_process_first():
             rows = tokenize_source(self.tokenizer, source, kind, settings, limit=limit,
                                    role=split, answer_column=answer_column)
@@ -146,6 +146,11 @@ class Trainer(Checkpointing, abc.ABC):
             raise DataError(f"{rows.label}: no usable {what} left "
                             f"({rows.report.summary() or 'empty'})")
         return rows
+
+    def prompt_tools(self) -> str | None:
+        """Function schemas (JSON) the chat template renders into every prompt: an
+        environment's tools (`EpisodeParts`); none by default."""
+        return None
 
     def before_training(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Work done once before the first step (e.g. reference log-probs)."""

@@ -12,7 +12,7 @@ and the episode's reward (`+` the steps' rewards; 0 when a step aborted it).
 from __future__ import annotations
 
 from alignment.config.schema import completion_budget
-from alignment.environments import environment_factory
+from alignment.environments import environment_factory, tool_schemas
 from alignment.models import stop_token_ids
 from alignment.rollout import Rollouts, SamplingParams
 from alignment.rollout.episodes import (
@@ -38,6 +38,18 @@ class EpisodeParts:
         self.renderer = ReplyRenderer(self.tokenizer, stop_token_ids(self.tokenizer,
                                                                      self.policy))
         self.episode_limits = EpisodeLimits(env.max_turns, env.max_episode_tokens, env.workers)
+
+    def prompt_tools(self) -> str | None:
+        """The environment's typed functions, for the chat template to render into every
+        prompt (where the template supports tools)."""
+        env = self.recipe.environment
+        if env.name is None:
+            return None
+        schemas = tool_schemas(environment_factory(env.name, dict(env.options))())
+        if schemas and "tools" not in (self.tokenizer.chat_template or ""):
+            self._say(f"note: the chat template of {self.recipe.model.name} does not render "
+                      f"tools; the environment's functions are not shown in the prompt")
+        return schemas
 
     @property
     def episodic(self) -> bool:
