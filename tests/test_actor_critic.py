@@ -302,7 +302,7 @@ def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path,
                                                                        prompts, demos):
     """With PPO-max's options on (no extra run): the running score moments come back from
     the checkpoint and the ptx demonstrations follow the same order."""
-    sections = {"trainer": {"max_steps": 10, "save_every": 2, "eval_every": None},
+    sections = {"trainer": {"max_steps": 6, "save_every": 2, "eval_every": None},
                 "ppo": {"kl_coef": 0.05, "kl_target": 0.01, "reward_norm": True,
                         "reward_clip": 1.5, "advantage_clip": 2.0, "critic_warmup_steps": 1,
                         "ptx_coef": 0.1, "ptx_data": demos, "ptx_batch_size": 2}}
@@ -328,17 +328,17 @@ def test_killed_ppo_run_resumes_with_the_same_critic_kl_coef_and_curve(tmp_path,
             torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
     h1 = [r for r in history(tmp_path / "straight") if "loss" in r]
     h2 = [r for r in history(tmp_path / "killed") if "loss" in r]
-    assert [r["step"] for r in h2] == list(range(1, 11))
+    assert [r["step"] for r in h2] == list(range(1, 7))
     for r1, r2 in zip(h1, h2, strict=True):
         for key in ("loss", "loss/value", "kl_coef", "reward", "reward/running_std",
                     "loss/ptx", "policy/entropy"):
             if key in r1 or key in r2:
                 assert r2[key] == pytest.approx(r1[key], abs=1e-6), (key, r1["step"])
     assert "loss/ptx" in h1[-1] and h1[0]["critic_warmup"] == 1.0
-    states = [json.loads((tmp_path / run / "checkpoints" / "step-000010" /
+    states = [json.loads((tmp_path / run / "checkpoints" / "step-000006" /
                           "trainer_state.json").read_text())["extra"]
               for run in ("straight", "killed")]
-    assert states[0]["reward_moments"][0] == 10 * 4          # every score of the run
+    assert states[0]["reward_moments"][0] == 6 * 4           # every score of the run
     assert states[1] == states[0]                            # bit for bit after the resume
 
 
@@ -458,7 +458,9 @@ def ppo_one_process(tmp_path_factory, policy, prompts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", ["zero2", "zero3", "fsdp2"])
+# (ZeRO-2 left out for time: DDP (test_ppo_on_two_processes_trains_like_one) and ZeRO-3
+# bracket it, and its checkpoints are tested by test_kill_resume's zero2 case)
+@pytest.mark.parametrize("sharding", ["zero3", "fsdp2"])
 def test_ppo_sharded_trains_like_one_process(tmp_path, policy, prompts, ppo_one_process,
                                              sharding):
     """Under ZeRO-3 and FSDP2 policy, critic (its zero-initialised head included) and,

@@ -226,12 +226,12 @@ def test_two_machines_on_localhost_train_together(tmp_path, policy):
 
 
 def test_killed_two_process_run_resumes_on_the_same_curve(tmp_path, policy):
-    straight = dpo_recipe(tmp_path, policy, tmp_path / "straight", max_steps=24, save_every=3,
+    straight = dpo_recipe(tmp_path, policy, tmp_path / "straight", max_steps=12, save_every=3,
                           eval_every=None)
     done = train(straight, *two_processes())
     assert done.returncode == 0, done.stderr[-3000:]
 
-    killed = dpo_recipe(tmp_path, policy, tmp_path / "killed", max_steps=24, save_every=3,
+    killed = dpo_recipe(tmp_path, policy, tmp_path / "killed", max_steps=12, save_every=3,
                         eval_every=None)
     args = two_processes()
     proc = subprocess.Popen(CLI + [str(killed), *args], env=ENV, stdout=subprocess.DEVNULL,
@@ -248,12 +248,12 @@ def test_killed_two_process_run_resumes_on_the_same_curve(tmp_path, policy):
 
     resumed = train(killed, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "step-000024" not in resumed.stderr
+    assert "resuming from" in resumed.stderr and "step-000012" not in resumed.stderr
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
     h_straight, h_killed = history(tmp_path / "straight"), history(tmp_path / "killed")
-    assert [r["step"] for r in h_killed] == [*range(1, 25), 24]   # + the final eval
+    assert [r["step"] for r in h_killed] == [*range(1, 13), 12]   # + the final eval
     for r1, r2 in zip(h_straight, h_killed, strict=True):
         key = "loss" if "loss" in r1 else "eval/loss"
         assert r2[key] == pytest.approx(r1[key], abs=1e-6)

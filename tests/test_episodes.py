@@ -216,7 +216,7 @@ def test_environment_names_and_options_are_checked(tmp_path, tiny_model_dir, pro
         environment_factory("python_tol", {})
     with pytest.raises(ValueError, match="unknown option 'timeout'.*did you mean 'timeout_s'"):
         environment_factory("python_tool", {"timeout": 3})
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+    with pytest.raises(ValueError, match="alpha and first_attempt_weight must be >= 0"):
         environment_factory("self_correction", {"alpha": -1})
     with pytest.raises(ConfigError, match="max_episode_tokens"):
         make_recipe(tmp_path, tiny_model_dir, prompts_file,

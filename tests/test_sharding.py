@@ -140,7 +140,7 @@ def one_process_lora(tmp_path_factory, policy):
 LORA = ["model.lora.r=4", "model.lora.alpha=8", "trainer.lr=1e-2"]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [3])   # (ZeRO-2 partitions less: 3 is the strict case)
 def test_lora_dpo_under_zero_equals_one_process(tmp_path, policy, one_process_lora, stage):
     """LoRA under DeepSpeed: π_ref is the policy with its adapters off, as on one process;
     under ZeRO-3 the frozen base is sharded too and `final/` merges the adapters from the
