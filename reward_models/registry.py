@@ -239,21 +239,29 @@ def _check_options(name: str, target: Any, options: dict) -> list[str]:
     if not (inspect.isclass(target) and issubclass(target, Scorer)):
         return [f"scorer '{name}' is a function and takes no options, got {sorted(options)}"] \
             if options else []
-    params = inspect.signature(target.__init__).parameters
+    return signature_problems(target, options, f" for scorer '{name}'", f"scorer '{name}' ",
+                              also_known=SPEC_KEYS)
+
+
+def signature_problems(cls: type, options: dict, for_whom: str = "", who: str = "", *,
+                       also_known: tuple[str, ...] = ()) -> list[str]:
+    """Options `cls(**options)` would refuse: unknown ones (with a did-you-mean, also among
+    `also_known` keys accepted elsewhere) and missing required ones."""
+    params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return []
     allowed = [p for p in params if p != "self"]
     problems = []
     for key in options:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed + list(SPEC_KEYS), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, allowed + list(also_known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            problems.append(f"unknown option '{key}' for scorer '{name}'{hint} (options: "
-                            f"{', '.join(allowed) or 'none'}; spec keys: {', '.join(SPEC_KEYS)})")
-    for key, p in params.items():
-        if key != "self" and p.default is p.empty and key not in options and \
-                p.kind is not p.VAR_POSITIONAL:
-            problems.append(f"scorer '{name}' needs option '{key}'")
+            spec = f"; spec keys: {', '.join(also_known)}" if also_known else ""
+            problems.append(f"unknown option '{key}'{for_whom}{hint} (options: "
+                            f"{', '.join(allowed) or 'none'}{spec})")
+    problems += [f"{who}needs option '{key}'" for key, p in params.items()
+                 if key != "self" and p.default is p.empty and key not in options
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     return problems
 
 

@@ -34,6 +34,15 @@ def tokenizer(bundled_model_dir):
 
 
 @pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory, repo_root) -> str:
+    """The first 16 add2 training prompts (prompt, answer, task) as a jsonl file."""
+    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> str:
     """A 2-layer, 32-wide random Llama with the bundled tokenizer (loads in < 1 s)."""
     from alignment.models import make_tiny_model

@@ -53,14 +53,6 @@ class Flaky(Again):
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory, repo_root):
-    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)

@@ -28,14 +28,6 @@ from alignment.trainers.sequences import (
 )
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory, repo_root):
-    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
 def make_recipe(out, model, prompts, **sections):
     base = {"algorithm": "grpo", "output_dir": str(out),
             "model": {"name": model, "dtype": "float64"},

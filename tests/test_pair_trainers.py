@@ -27,14 +27,6 @@ def char_reward(prompts, completions, rows):
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory, repo_root):
-    rows = (repo_root / "data/arithmetic/add2/train.jsonl").read_text().splitlines()[:16]
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory, repo_root):
     rows = [json.loads(x) for x in
             (repo_root / "data/arithmetic/preference/train.jsonl").read_text().splitlines()[:12]]

@@ -21,7 +21,7 @@ import inspect
 import json
 
 from alignment.environments.base import Environment, Step
-from reward_models.registry import import_object
+from reward_models.registry import import_object, signature_problems
 
 BUILTIN = {
     "python_tool": "alignment.environments.python_tool:PythonTool",
@@ -48,7 +48,7 @@ def environment_factory(name: str, options: dict):
     """A function that builds a fresh environment per episode, its options checked now
     (unknown, missing or mistyped options; what the constructor itself refuses)."""
     cls = environment_class(name)
-    problems = _option_problems(cls, options)
+    problems = signature_problems(cls, options)
     if problems:
         raise ValueError("; ".join(f"environment '{name}': {p}" for p in problems))
     try:
@@ -56,24 +56,6 @@ def environment_factory(name: str, options: dict):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"environment '{name}': {exc}") from None
     return lambda: cls(**options)
-
-
-def _option_problems(cls: type, options: dict) -> list[str]:
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return []
-    allowed = [p for p in params if p != "self"]
-    problems = []
-    for key in options:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
-            problems.append(f"unknown option '{key}'{hint} (options: "
-                            f"{', '.join(allowed) or 'none'})")
-    problems += [f"needs option '{key}'" for key, p in params.items()
-                 if key != "self" and p.default is p.empty and key not in options
-                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return problems
 
 
 def tool_schemas(environment) -> str | None:

@@ -4,6 +4,8 @@ variants; PPO, APA and DR-PO with a critic):
     for step in range(start, total):
         prompts  <- this step's share of the (seeded, resumable) prompt order
         samples  <- engine.generate(prompts, n)                # vLLM or HF, in-process
+        samples  <- play_episodes(samples, environment)        # with `environment:` only:
+                                                               # turns 2.., one call per turn
         rewards  <- scorer(prompts, samples, rows) (+ overlong penalty)
         batch    <- algorithm.make_batch(samples, rewards)     # e.g. group advantages
         algorithm.prepare_batches(batch)                       # π_old, π_ref, values, GAE
