@@ -332,3 +332,12 @@ def test_environment_tools_are_rendered_into_the_prompts(tmp_path, tiny_model_di
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     rows = trainer.load_prompts(prompts_file, 2, "train")
     assert rows[0].text.startswith("TOOLS multiply ")
+
+
+class NoStep(Environment):
+    """Forgot to implement step."""
+
+
+def test_an_environment_without_step_is_refused_when_checked():
+    with pytest.raises(ValueError, match="environment 'test_episodes:NoStep'.*abstract"):
+        environment_factory("test_episodes:NoStep", {})

@@ -26,6 +26,7 @@ as `episode/<name>`.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,16 +48,16 @@ class Step:
             raise ValueError(f"Step.role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
 
-class Environment:
-    """Subclass and override `step` (and `reset` when an episode keeps state). `tools`:
+class Environment(abc.ABC):
+    """Subclass and implement `step` (and `reset` when an episode keeps state). `tools`:
     typed functions with docstrings the chat template renders into every prompt, where the
     model's template supports tools (`function_tools` calls them)."""
 
     tools: list[Callable] = []
 
-    def reset(self, row: dict[str, Any], verify: Callable[[str], float]) -> None:
-        """A new episode on the prompt of `row` (its data columns)."""
+    def reset(self, row: dict[str, Any], verify: Callable[[str], float]) -> None:  # noqa: B027
+        """A new episode on the prompt of `row` (its data columns); optional."""
 
+    @abc.abstractmethod
     def step(self, text: str) -> Step:
         """The model wrote `text` (one turn): what happens next."""
-        raise NotImplementedError(f"{type(self).__name__}.step")
