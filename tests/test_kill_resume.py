@@ -153,6 +153,8 @@ def test_sigkilled_two_process_run_with_dropout_resumes_exactly(campaign, tmp_pa
 @pytest.mark.slow   # ~3 DeepSpeed starts of ~25 s (FSDP2: ~15 s)
 @pytest.mark.parametrize("sharding", ["zero2", "fsdp2"])
 def test_sigkilled_sharded_run_resumes_exactly(tmp_path, sharding):
+    import torch
+    from safetensors.torch import load_file
     from test_distributed import ENV, dpo_recipe, history, train
     from test_sharding import fsdp, zero
 
@@ -175,12 +177,28 @@ def test_sigkilled_sharded_run_resumes_exactly(tmp_path, sharding):
     assert first.returncode != 0 and not (tmp_path / "killed" / "final").exists()
     assert kr.check_checkpoints(tmp_path / "killed") == []
     assert kr.latest_step(tmp_path / "killed") == 2
+    if sharding == "fsdp2":
+        shutil.copytree(tmp_path / "killed", tmp_path / "alone")
     second = train(killed, *launch(*settings), timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr and "step-000002" in second.stderr
     result = kr.compare(tmp_path / "straight", tmp_path / "killed")
     assert result["lost"] == result["repeated"] == 0 and not result["problems"], result
     assert [r["step"] for r in history(tmp_path / "killed") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    if sharding == "fsdp2":
+        # FSDP2 checkpoints hold whole tensors: the same step-2 checkpoint also resumes on
+        # one process (the masters and Adam state re-assembled), on the sharded run's curve
+        alone = dpo_recipe(tmp_path, policy, tmp_path / "alone", eval_every=None)
+        one = train(alone, *settings, "trainer.grad_accum=2", "trainer.resume_ignore_changes=true")
+        assert one.returncode == 0, one.stderr[-3000:]
+        assert "written by 2 process(es)" in one.stderr and "step-000002" in one.stderr
+        losses = [[r["loss"] for r in history(tmp_path / o) if "loss" in r]
+                  for o in ("straight", "alone")]
+        assert len(losses[1]) == 6 and losses[1] == pytest.approx(losses[0], abs=1e-5)
+        a, b = (load_file(str(tmp_path / o / "final" / "model.safetensors"))
+                for o in ("straight", "alone"))
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
 
 
 def test_a_dying_or_hung_engine_saves_the_step_and_resumes_exactly(campaign, tmp_path):
