@@ -322,7 +322,7 @@ def _keeps_reference(recipe: Recipe) -> bool:
         section = getattr(recipe, algo)
         needs = section.online or section.reference == "model"
     elif algo == "grpo":
-        needs = recipe.grpo.beta > 0
+        needs = recipe.grpo.beta > 0 or recipe.environment.first_turn_kl > 0
     elif algo in CRITIC:
         s = getattr(recipe, algo)
         needs = s.kl_coef > 0 or s.kl_target is not None or algo == "apa"

@@ -21,6 +21,7 @@ from alignment.models import load_tokenizer, stop_token_ids
 from alignment.rollout import SamplingParams, make_engine
 from alignment.rollout.episodes import EpisodeLimits, ReplyRenderer, play_episodes
 from alignment.trainers.grpo import GRPOTrainer
+from alignment.trainers.multi_turn import first_turn_mask
 from alignment.trainers.sequences import collate_online, group_token_logps
 
 
@@ -150,6 +151,17 @@ def test_environment_tokens_carry_no_gradient_float64(tiny, tmp_path, prompts_fi
     for i in range(4):
         expected[i, :len(rollouts.forced[i])] = ~torch.tensor(rollouts.forced[i])
     assert torch.equal(mask, expected)
+    # SCoRe stage I's KL (environment.first_turn_kl) reaches the first turn's tokens only
+    first = torch.zeros_like(mask)
+    for i in range(4):
+        upto = rollouts.forced[i].index(True) if True in rollouts.forced[i] else width
+        first[i, :upto] = True
+    assert torch.equal(first_turn_mask(mask), first) and (mask & ~first).any()
+    leaf = logps.detach().clone().requires_grad_()
+    loss, _ = grpo_loss(leaf, leaf.detach(), leaf.detach() - 0.1, torch.zeros(4), mask,
+                        beta=0.5 * first_turn_mask(mask))
+    loss.backward()
+    assert torch.equal(leaf.grad != 0, first)
     values = torch.rand(4, width, dtype=torch.float64)
     rewards = torch.zeros(4, width, dtype=torch.float64)
     advantages, returns = gae(rewards, values, mask, 1.0, 0.95)
@@ -217,6 +229,9 @@ def test_environment_names_and_options_are_checked(tmp_path, tiny_model_dir, pro
         from alignment.config import recipe_from_dict
 
         recipe_from_dict({"algorithm": "dpo", "environment": {"name": "python_tool"}})
+    with pytest.raises(ConfigError, match="first_turn_kl applies to grpo"):
+        recipe_from_dict({"algorithm": "ppo", "data": {"train": prompts_file},
+                          "environment": {"name": "self_correction", "first_turn_kl": 1.0}})
 
 
 # ------------------------------------------------------------------ trainers
@@ -224,9 +239,12 @@ def test_grpo_trains_on_episodes_and_goes_on_past_a_failing_environment(
         tmp_path, tiny_model_dir, prompts_file, capsys):
     recipe = make_recipe(tmp_path, tiny_model_dir, prompts_file,
                          environment={"name": "test_episodes:Flaky", "options": {"turns": 2},
-                                      "max_turns": 3, "max_episode_tokens": 40},
+                                      "max_turns": 3, "max_episode_tokens": 40,
+                                      "first_turn_kl": 0.5},
                          trainer={"max_steps": 2, "eval_every": 2})
-    GRPOTrainer(recipe).train()
+    trainer = GRPOTrainer(recipe)
+    assert trainer.needs_reference()   # first_turn_kl alone asks for π_ref
+    trainer.train()
     err = capsys.readouterr().err
     assert "episode ended with reward 0 on step 1" in err
     assert "Flaky.step raised RuntimeError: flaky environment" in err
@@ -238,6 +256,7 @@ def test_grpo_trains_on_episodes_and_goes_on_past_a_failing_environment(
     for r in steps:
         assert r["rewards/environment"] == pytest.approx(0.5 * (1 - r["episode/aborted"]))
         assert r["time/episodes"] > 0 and r["rollout/logprob_gap_max"] < 1e-6
+    assert all("kl" in r for r in steps)
     sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert "again 1" in sample["completion"]
     assert "eval/accuracy" in rows[-1]   # greedy episodes through the engine

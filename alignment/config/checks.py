@@ -55,6 +55,9 @@ def _check_environment(recipe: Recipe, problems: list[str]) -> None:
         environment_factory(env.name, dict(env.options))
     except ValueError as exc:
         problems.append(f"environment: {exc}")
+    if env.first_turn_kl > 0 and recipe.algorithm != "grpo":
+        problems.append(f"environment.first_turn_kl applies to grpo (its KL term is per token), "
+                        f"not '{recipe.algorithm}'")
     if env.max_episode_tokens < recipe.rollout.max_new_tokens:
         problems.append(f"environment.max_episode_tokens ({env.max_episode_tokens}) must be at "
                         f"least rollout.max_new_tokens ({recipe.rollout.max_new_tokens}): the "

@@ -402,6 +402,9 @@ class EnvironmentConfig:
                                     "environment reply", gt=0)
     workers: int = param(4, "environments stepped at once (a tool call waits on a sandbox)",
                          gt=0)
+    first_turn_kl: float = param(0.0, "GRPO: a KL coefficient on the first model turn's "
+                                 "tokens against the starting model, added to grpo.beta "
+                                 "(SCoRe's stage I holds the first attempt with it)", ge=0)
 
 
 @dataclass

@@ -62,7 +62,8 @@ def _valid_group_advantages(rewards, valid, group_size, scale, ddof, eps) -> tor
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2,
-              clip_high: float = 0.2, beta: float = 0.04, aggregation: str = "grpo",
+              clip_high: float = 0.2, beta: float | torch.Tensor = 0.04,
+              aggregation: str = "grpo",
               max_length: int | None = None, is_weights: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate with a k3 KL term, reduced over `mask`ed response tokens.
@@ -70,6 +71,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     logps, old_logps, ref_logps, mask: (batch, tokens); advantages: (batch,).
     is_weights: (batch, tokens) constant per-token weights of the surrogate term (truncated
     importance sampling, `truncated_is_weights`); None = 1.
+    beta: the KL coefficient, or a (batch, tokens) tensor of one per token (SCoRe's stage I
+    holds a first attempt with a large one on its tokens only).
     aggregation: "grpo" = mean over sequences of each sequence's token mean (the paper);
     "token_mean" = Σ / (valid tokens in the batch) (DAPO); "dr_grpo" = Σ / (batch ×
     max_length) with `max_length` the generation budget (default: the tensor width).
@@ -84,7 +87,13 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     if advantages.shape != logps.shape[:1]:
         raise ValueError(f"advantages must be (batch,) = {tuple(logps.shape[:1])}, got "
                          f"{tuple(advantages.shape)}")
-    if beta > 0 and ref_logps is None:
+    if torch.is_tensor(beta):
+        if beta.shape != logps.shape:
+            raise ValueError(f"a per-token beta must be (batch, tokens) = {tuple(logps.shape)}, "
+                             f"got {tuple(beta.shape)}")
+        beta = beta.to(logps.device, logps.dtype)
+    use_kl = bool((beta > 0).any()) if torch.is_tensor(beta) else beta > 0
+    if use_kl and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps (the reference model's log-probs)")
     valid = mask.bool()
     mask = mask.to(logps.dtype)
@@ -98,7 +107,7 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
         per_token = per_token * is_weights.detach().to(per_token.dtype)
     kl = (k3_kl(logps, torch.where(valid, ref_logps, logps)) if ref_logps is not None
           else torch.zeros_like(logps))
-    if beta > 0:
+    if use_kl:
         per_token = per_token + beta * kl
     loss = _aggregate(per_token, mask, aggregation, max_length)
 

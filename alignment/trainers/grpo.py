@@ -21,6 +21,7 @@ from alignment.losses.grpo import (
     truncated_is_weights,
 )
 from alignment.rollout import Rollouts
+from alignment.trainers.multi_turn import first_turn_mask
 from alignment.trainers.online import OnlineTrainer, RoundStats, Sample
 from alignment.trainers.sequences import group_token_logps_as_sampled
 
@@ -43,7 +44,7 @@ class GRPOTrainer(OnlineTrainer):
         return self.g.max_sampling_rounds if self.g.dynamic_sampling else 1
 
     def needs_reference(self) -> bool:
-        return self.g.beta > 0
+        return self.g.beta > 0 or self.recipe.environment.first_turn_kl > 0
 
     # ------------------------------------------------------------------ samples
     def make_batch(self, rollouts: Rollouts, rewards: list[float], truncated: list[bool],
@@ -72,7 +73,7 @@ class GRPOTrainer(OnlineTrainer):
                 with torch.no_grad():
                     batch["old_logps"], batch["old_sampled_logps"] = \
                         group_token_logps_as_sampled(self.model, batch, **self.sampled_as())
-            if self.g.beta > 0:
+            if self.needs_reference():
                 batch["ref_logps"] = self.reference_token_logps(batch)
 
     def batch_weight(self, batch: dict) -> float:
@@ -93,9 +94,12 @@ class GRPOTrainer(OnlineTrainer):
         if self.g.is_cap is not None:
             weights, is_metrics = truncated_is_weights(
                 behaviour, batch["sampling_logps"].to(device), mask, self.g.is_cap)
+        beta = self.g.beta
+        if self.recipe.environment.first_turn_kl > 0:   # SCoRe stage I: hold the 1st attempt
+            beta = beta + self.recipe.environment.first_turn_kl * first_turn_mask(mask)
         loss, metrics = grpo_loss(logps, old, ref, batch["advantages"].to(device), mask,
                                   clip_low=self.g.clip_low, clip_high=self.g.clip_high,
-                                  beta=self.g.beta, aggregation=self.g.aggregation,
+                                  beta=beta, aggregation=self.g.aggregation,
                                   max_length=self.episode_tokens(),
                                   is_weights=weights)
         return loss, {**metrics, **is_metrics}

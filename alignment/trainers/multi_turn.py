@@ -11,6 +11,8 @@ and the episode's reward (`+` the steps' rewards; 0 when a step aborted it).
 
 from __future__ import annotations
 
+import torch
+
 from alignment.config.schema import completion_budget
 from alignment.environments import environment_factory, tool_schemas
 from alignment.models import stop_token_ids
@@ -99,3 +101,12 @@ def with_episodes(result: ScoreResult, info: EpisodeInfo, verifier_key: str | No
     parts["environment"] = [0.0 if why else e for e, why in
                             zip(info.env_rewards, info.aborted, strict=True)]
     return ScoreResult(rewards=rewards, parts=parts, errors=list(result.errors))
+
+
+def first_turn_mask(loss_mask: torch.Tensor) -> torch.Tensor:
+    """The tokens of each row's first model turn: its trained (`loss_mask`) tokens up to the
+    first hole after them, the environment's first reply. (batch, tokens) bool."""
+    mask = loss_mask.bool()
+    started = mask.cumsum(dim=1) > 0
+    after_reply = (started & ~mask).cumsum(dim=1) > 0
+    return mask & ~after_reply
