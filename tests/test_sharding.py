@@ -64,12 +64,17 @@ def zero(tmp_path: Path, stage: int, *more: str) -> list[str]:
             f"launch.main_process_port={free_port()}", *more]
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, policy):
-    tmp = tmp_path_factory.mktemp("one")
-    out = train(dpo_recipe(tmp, policy, tmp / "one"), "trainer.grad_accum=2")
+def one_process_run(tmp_path_factory, policy: str, name: str, *overrides: str) -> Path:
+    """DPO on one process with the 2-process runs' global batch (grad_accum 2)."""
+    tmp = tmp_path_factory.mktemp(name)
+    out = train(dpo_recipe(tmp, policy, tmp / "one"), "trainer.grad_accum=2", *overrides)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "one"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, policy):
+    return one_process_run(tmp_path_factory, policy, "one")
 
 
 # ZeRO-3 here; ZeRO-2 against one process is covered by the LoRA DPO test below, the PPO
@@ -99,10 +104,7 @@ BF16 = ["model.dtype=bfloat16", "trainer.max_steps=8", "trainer.lr=1e-4"]
 
 @pytest.fixture(scope="module")
 def one_process_bf16(tmp_path_factory, policy):
-    tmp = tmp_path_factory.mktemp("one_bf16")
-    out = train(dpo_recipe(tmp, policy, tmp / "one"), "trainer.grad_accum=2", *BF16)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp / "one"
+    return one_process_run(tmp_path_factory, policy, "one_bf16", *BF16)
 
 
 @pytest.mark.parametrize("sharding", ["zero3", "fsdp2"])
@@ -124,10 +126,7 @@ def test_sharded_bf16_trains_in_bf16_like_one_process(tmp_path, policy, one_proc
 
 @pytest.fixture(scope="module")
 def one_process_lora(tmp_path_factory, policy):
-    tmp = tmp_path_factory.mktemp("one_lora")
-    out = train(dpo_recipe(tmp, policy, tmp / "one"), "trainer.grad_accum=2", *LORA)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp / "one"
+    return one_process_run(tmp_path_factory, policy, "one_lora", *LORA)
 
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8", "trainer.lr=1e-2"]
