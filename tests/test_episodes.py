@@ -232,6 +232,8 @@ def test_environment_names_and_options_are_checked(tmp_path, tiny_model_dir, pro
     with pytest.raises(ConfigError, match="first_turn_kl applies to grpo"):
         recipe_from_dict({"algorithm": "ppo", "data": {"train": prompts_file},
                           "environment": {"name": "self_correction", "first_turn_kl": 1.0}})
+    with pytest.raises(ConfigError, match="first_turn_kl needs an environment"):
+        make_recipe(tmp_path, tiny_model_dir, prompts_file, environment={"first_turn_kl": 1.0})
 
 
 # ------------------------------------------------------------------ trainers

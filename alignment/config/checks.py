@@ -36,6 +36,9 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
         problems.append("model.lora.dropout is set but LoRA is off (model.lora.r = 0)")
     if is_online(recipe) and recipe.environment.name is not None:
         _check_environment(recipe, problems)
+    elif recipe.environment.first_turn_kl > 0:
+        problems.append("environment.first_turn_kl needs an environment (environment.name): "
+                        "without one every completion is a single turn; use grpo.beta")
     if is_online(recipe):
         cache = getattr(recipe, recipe.algorithm).overlong_cache
         budget = recipe.rollout.max_new_tokens
