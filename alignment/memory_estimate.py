@@ -242,8 +242,10 @@ def data_lengths(recipe: Recipe) -> DataLengths | None:
     from alignment.models import load_tokenizer
     from alignment.preflight import model_folder
 
+    folder = model_folder(recipe.model.name)
+    if folder is None:   # not local yet (the bundled model unconverted): never the hub
+        return None
     try:
-        folder = model_folder(recipe.model.name)
         tokenizer = load_tokenizer(str(folder))
         d = recipe.data
         online = is_online(recipe)

@@ -4,6 +4,7 @@
     python bench/rm_best_of_n.py judge --set dev --policy smollm2-135m \\
         --rm runs/reward_model                                                  # every score
     python bench/rm_best_of_n.py judge --set final ... --json bench/rm_best_of_n.json
+    python bench/rm_best_of_n.py judge ... --rules answer     # only the judged answers (fast)
 
 Prompts: the 100 held-out add2 problems (`data/arithmetic/add2/test.jsonl`, never in a
 reward-model train file), each written in phrasings no train file uses:
@@ -23,6 +24,7 @@ Scoring rules (all from one pass of the model and of the reference):
   sum        β·Σ log p            (the likelihood reward model as trained)
   ratio      β·Σ (log p − log p_ref)   (DPO's implicit reward: untouched text scores ~0)
   mean       the ratio / number of completion tokens
+  answer     β·log p(final answer written alone)   (`reward_model.judge: answer`)
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ FINAL_WORDINGS = [
 ]
 NAMES = ("Ana", "Ben", "Carla", "Dev", "Elif", "Femi", "Gus", "Hiro")
 NS = (4, 8, 16)
-RULES = ("sum", "ratio", "mean")
+RULES = ("sum", "ratio", "mean", "answer")
 
 
 def prompts(which: str) -> list[dict]:
@@ -87,26 +89,36 @@ def sample(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
-def raw_scores(rm: str, rows: list[dict], batch: int = 64) -> list[list[dict]]:
-    """Per candidate: Σ log p under the reward model, under its reference, and the number of
-    completion tokens, tokenised as the scorer does."""
+def raw_scores(rm: str, rows: list[dict], rules: list[str], batch: int = 64) -> list[list[dict]]:
+    """Per candidate, what `rules` need: Σ log p under the reward model and under its
+    reference and the number of completion tokens (sum, ratio, mean), tokenised as the
+    scorer does; the `judge: answer` score (answer)."""
     from alignment.models import resolve_model
     from reward_models.reward_model import RewardModelScorer
 
-    scorer = RewardModelScorer(resolve_model(rm), reference=True, dtype="bfloat16")
     flat = [(r["prompt"], c["completion"]) for r in rows for c in r["candidates"]]
-    tokens = [scorer._tokenize(p, c) for p, c in flat]
-    order = sorted(range(len(flat)), key=lambda i: len(tokens[i][0]))
-    out: list[dict] = [{}] * len(flat)
-    for s in range(0, len(order), batch):
-        chunk = order[s:s + batch]
-        ids, starts = [tokens[i][0] for i in chunk], [tokens[i][1] for i in chunk]
-        model = scorer._sum_logps(scorer.model, ids, starts).tolist()
-        ref = scorer._sum_logps(scorer.reference, ids, starts).tolist()
-        for i, lp, lr in zip(chunk, model, ref, strict=True):
-            out[i] = {"logp": lp, "ref": lr, "tokens": len(tokens[i][0]) - tokens[i][1]}
-        print(f"\r{s + len(chunk)}/{len(flat)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    out: list[dict] = [{} for _ in flat]
+    if set(rules) - {"answer"}:
+        scorer = RewardModelScorer(resolve_model(rm), reference=True, dtype="bfloat16",
+                                   judge="completion")
+        tokens = [scorer._tokenize(p, c) for p, c in flat]
+        order = sorted(range(len(flat)), key=lambda i: len(tokens[i][0]))
+        for s in range(0, len(order), batch):
+            chunk = order[s:s + batch]
+            ids, starts = [tokens[i][0] for i in chunk], [tokens[i][1] for i in chunk]
+            model = scorer._sum_logps(scorer.model, ids, starts).tolist()
+            ref = scorer._sum_logps(scorer.reference, ids, starts).tolist()
+            for i, lp, lr in zip(chunk, model, ref, strict=True):
+                out[i].update(logp=lp, ref=lr, tokens=len(tokens[i][0]) - tokens[i][1])
+            print(f"\r{s + len(chunk)}/{len(flat)}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        del scorer
+    if "answer" in rules:
+        answer = RewardModelScorer(resolve_model(rm), dtype="bfloat16", judge="answer",
+                                   reference=False, batch_size=batch)
+        judged = answer.score([p for p, _ in flat], [c for _, c in flat]).rewards
+        for s, value in zip(out, judged, strict=True):
+            s["answer"] = value
     k, nested = 0, []
     for r in rows:
         nested.append(out[k:k + len(r["candidates"])])
@@ -115,17 +127,19 @@ def raw_scores(rm: str, rows: list[dict], batch: int = 64) -> list[list[dict]]:
 
 
 def rule_score(rule: str, s: dict, beta: float) -> float:
+    if rule == "answer":
+        return s["answer"]
     if rule == "sum":
         return beta * s["logp"]
     ratio = beta * (s["logp"] - s["ref"])
     return ratio if rule == "ratio" else ratio / max(s["tokens"], 1)
 
 
-def report(rows: list[dict], scores: list[list[dict]], beta: float) -> dict:
+def report(rows: list[dict], scores: list[list[dict]], beta: float, rules) -> dict:
     from reward_models import is_correct
 
     result = {}
-    for rule in RULES:
+    for rule in rules:
         for n in NS:
             one = best = any_ = 0
             pick_len, right_len = [], []
@@ -155,15 +169,21 @@ def judge(args) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     if args.limit:
         rows = rows[:args.limit]
+    rules = args.rules.split(",")
+    if set(rules) - set(RULES):
+        sys.exit(f"--rules: {args.rules}: each of {', '.join(RULES)}")
+    needs = {"answer"} if rules == ["answer"] else {"logp", "ref", "tokens"} | (
+        {"answer"} if "answer" in rules else set())
     cache = path.with_suffix(f".{Path(args.rm).name}.scores.json")
     if cache.is_file() and not args.fresh and \
-            len(scores := json.loads(cache.read_text())) >= len(rows):
+            len(scores := json.loads(cache.read_text())) >= len(rows) and \
+            all(needs <= set(s) for row in scores[:len(rows)] for s in row):
         scores = scores[:len(rows)]
     else:
-        scores = raw_scores(args.rm, rows)
+        scores = raw_scores(args.rm, rows, rules)
         cache.write_text(json.dumps(scores))
     beta = likelihood_beta(locate_reward_model(args.rm))
-    result = report(rows, scores, beta)
+    result = report(rows, scores, beta, rules)
     print(f"{args.set} prompts, policy {args.policy}, reward model {args.rm}")
     print(f"{'rule@N':<10}{'one':>7}{'best':>7}{'any':>7}{'capture':>9}{'pick ch':>9}"
           f"{'right ch':>9}")
@@ -193,6 +213,8 @@ def main() -> None:
     j.add_argument("--rm", default="runs/reward_model")
     j.add_argument("--limit", type=int, default=None)
     j.add_argument("--fresh", action="store_true", help="rescore, ignore the cached scores")
+    j.add_argument("--rules", default=",".join(RULES),
+                   help=f"comma-separated, of {', '.join(RULES)}")
     j.add_argument("--json", default=None)
     args = p.parse_args()
     args.run(args)

@@ -21,7 +21,8 @@ Layout written under ``data/arithmetic/``::
     add2/{train,test}.jsonl             the add2 rows of rl/ (the GRPO showcase task)
     add2_sub2/{train,test}.jsonl        the add2 and sub2 rows of rl/ (self-correction)
     add2_sft_plain/, add2_preference/   the same add2 rows in those formats (SPIN, DPO, CoPG)
-    add2_rm/{train,test,train_styles}.jsonl  reward-model pairs for add2 (make_rm_pairs.py)
+    add2_rm/{train,test,train_styles,train_answers}.jsonl  reward-model pairs for add2
+                                        (make_rm_pairs.py)
     sft_columns/{train,test}.jsonl      sft_plain's rows worked one digit column at a time
                                         (worked_columns.py)
     mul_tool/{train,test,sft}.jsonl     3-digit x 2-digit products for the Python-tool
@@ -38,7 +39,7 @@ import re
 import sys
 from collections import Counter, namedtuple
 
-DATASET_VERSION = 6
+DATASET_VERSION = 7
 SEED = 20240601
 N_TRAIN = 400  # problems per task in the train split
 N_TEST = 100  # problems per task in the test split

@@ -24,6 +24,12 @@ same text apart from the result. To make it learn that and not the wording:
   only in the result has never had to compare a long answer with a short one; used to pick
   the best of a policy's free-form samples it then prefers whatever is short (measured:
   bench/rm_best_of_n.py).
+- **train_answers** pairs the final answers alone, for a reward model that judges a
+  completion by its answer (`reward_model.judge: answer`): each train prompt twice, the
+  right number against a wrong one of the shipped kinds or of those a free-form policy
+  writes (read off the bundled model's samples): `operand`, one of the two numbers
+  restated; `difference`, the two numbers subtracted; `random`, any number below 200.
+  Three pairs per prompt, each of a different kind.
 - **test** holds the 100 add2 test problems of every other folder three times: `phrasing: seen`
   (exactly the rows of `add2_preference/test.jsonl`) and `phrasing: unseen` (templates
   that occur in no train file), plus `phrasing: bare` (the number alone, same errors).
@@ -159,6 +165,43 @@ def _pair(p, tpl, fill, kind, rng, bare=False):
             "rejected": rejected, "answer": v, "task": "add2", "error": kind}
 
 
+ANSWER_KINDS = ("off_by_one", "carry", "digit_swap", "tens", "operand", "difference",
+                "random")
+ANSWER_WEIGHTS = (3, 2, 1, 1, 2, 1, 2)
+ANSWER_PAIRS_PER_PROMPT = 3
+
+
+def _wrong_answer(p, kind, rng):
+    """A wrong final answer of `kind` (None if the kind does not apply)."""
+    a, b = p["operands"]
+    if kind == "operand":
+        return rng.choice([a, b])
+    if kind == "difference":
+        return abs(a - b) if abs(a - b) not in (0, a + b) else None
+    if kind == "random":
+        return rng.randrange(200)
+    return _wrong(p, kind, rng)
+
+
+def _answer_pairs(rows, problems):
+    """train_answers: per train row, ANSWER_PAIRS_PER_PROMPT pairs of bare answers with
+    different wrong kinds."""
+    rng = _rng("rm", "answers")
+    out = []
+    for row, p in zip(rows, problems, strict=True):
+        used = set()
+        while len(used) < ANSWER_PAIRS_PER_PROMPT:
+            kind = rng.choices(ANSWER_KINDS, weights=ANSWER_WEIGHTS)[0]
+            wrong = _wrong_answer(p, kind, rng)
+            if kind in used or wrong is None or wrong == row["answer"]:
+                continue
+            used.add(kind)
+            out.append({"prompt": row["prompt"], "chosen": str(row["answer"]),
+                        "rejected": str(wrong), "answer": row["answer"], "task": "add2",
+                        "error": kind})
+    return out
+
+
 def build(examples):
     """{relative path: rows} for add2_rm/; `examples` is make_data.build_examples()."""
     test_probs = [ex for ex in examples["test"] if ex["task"] == "add2"]
@@ -200,7 +243,8 @@ def build(examples):
         bare = _pair(ex["problem"], tpl, fill, ex["error"], unseen_rng, bare=True)
         test.append(dict(bare, prompt=ex["prompt"], phrasing="bare"))
     return {"add2_rm/train.jsonl": train, "add2_rm/test.jsonl": test,
-            "add2_rm/train_styles.jsonl": _restyle(train, kept)}
+            "add2_rm/train_styles.jsonl": _restyle(train, kept),
+            "add2_rm/train_answers.jsonl": _answer_pairs(train, kept)}
 
 
 def verify(rows_by_path, examples):
@@ -225,6 +269,10 @@ def verify(rows_by_path, examples):
         found = re.findall(r"\d+", text)
         return int(found[-1]) if found else None
 
+    answers = rows_by_path["add2_rm/train_answers.jsonl"]
+    assert not test_prompts & {r["prompt"] for r in answers}, "add2_rm: a test prompt in answers"
+    for r in answers:
+        assert r["chosen"] == str(r["answer"]) != r["rejected"] and r["rejected"].isdigit(), r
     for r in mixed:       # the chosen side states the answer last, the rejected side not
         assert last_number(r["chosen"]) == r["answer"] != last_number(r["rejected"]), r
     for r in train + test:
@@ -233,5 +281,6 @@ def verify(rows_by_path, examples):
         assert re.sub(r"\d+", "N", r["chosen"]) == re.sub(r"\d+", "N", r["rejected"]), r
     return ["add2_rm train %d pairs, test %d (seen/unseen/bare phrasing); no test problem or "
             "unseen wording in train; train_styles: %d pairs in mixed styles, %d without an "
-            "answer" % (len(train), len(test), len(mixed),
-                        sum(r["error"] == "no_answer" for r in mixed))]
+            "answer; train_answers: %d pairs of bare answers" % (
+                len(train), len(test), len(mixed),
+                sum(r["error"] == "no_answer" for r in mixed), len(answers))]

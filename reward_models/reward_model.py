@@ -44,6 +44,8 @@ from pathlib import Path
 from reward_models.base import Scorer, ScorerError, ScoreResult, check_batch
 
 DTYPES = ("float32", "bfloat16", "float16")
+JUDGES = ("completion", "answer")
+NO_ANSWER_SCORE = -10.0
 
 
 class RewardModelError(ValueError):
@@ -126,6 +128,16 @@ def locate_reward_model(path) -> Path:
     return path
 
 
+def trained_judge(path) -> str:
+    """reward_model.judge of the recipe that trained the folder ('completion' if unset)."""
+    section = _trained_recipe(path).get("reward_model") or {}
+    judge = section.get("judge", "completion") if isinstance(section, dict) else "completion"
+    if judge not in JUDGES:
+        raise RewardModelError(f"{path}/recipe.yaml: reward_model.judge must be one of "
+                               f"{', '.join(JUDGES)}, got {judge!r}")
+    return judge
+
+
 def _trained_recipe(path) -> dict:
     """The recipe.yaml our trainer wrote into the folder ({} if none or unreadable)."""
     recipe = Path(path) / "recipe.yaml"
@@ -163,7 +175,8 @@ class RewardModelScorer(Scorer):
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024,
                  dtype: str = "float32", chat_template: bool | None = None,
-                 device: str = "auto", reference: bool | None = None):
+                 device: str = "auto", reference: bool | None = None,
+                 judge: str | None = None, no_answer_score: float = NO_ANSWER_SCORE):
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -213,6 +226,11 @@ class RewardModelScorer(Scorer):
             self.reference = AutoModelForCausalLM.from_pretrained(
                 _reference_path(path), dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
+        self.judge = trained_judge(path) if judge is None else judge
+        if self.judge not in JUDGES:
+            raise ValueError(f"reward_model: judge '{self.judge}' is not one of "
+                             f"{', '.join(JUDGES)}")
+        self.no_answer_score = float(no_answer_score)
 
     @classmethod
     def check_options(cls, options: dict) -> list[str]:
@@ -222,6 +240,9 @@ class RewardModelScorer(Scorer):
         for key in ("batch_size", "max_length"):
             if options.get(key, 1) <= 0:
                 problems.append(f"{key}: must be positive (got {options[key]!r})")
+        if options.get("judge", "completion") not in JUDGES:
+            problems.append(f"judge: must be one of {', '.join(JUDGES)} (got "
+                            f"{options['judge']!r})")
         if options.get("dtype", "float32") not in DTYPES:
             problems.append(f"dtype: must be one of {', '.join(DTYPES)} (got "
                             f"{options['dtype']!r})")
@@ -283,6 +304,41 @@ class RewardModelScorer(Scorer):
     # ------------------------------------------------------------------ scoring
     def score(self, prompts, completions, rows=None) -> ScoreResult:
         check_batch(self.name, prompts, completions, rows)
+        if self.judge == "answer":
+            return self._score_answers(prompts, completions)
+        return self._score_completions(prompts, completions)
+
+    def _score_answers(self, prompts, completions) -> ScoreResult:
+        """judge 'answer': each completion is scored as its final answer written alone (the
+        number the verifier reads: after `####`, after "answer is", else the last one), so
+        neither its length nor its wording moves the score, only what it concludes. Each
+        distinct (prompt, answer) is scored once. A completion with no answer gets
+        `no_answer_score`, and no answer scores below it: abstaining never pays."""
+        from reward_models.exact_answer import extract_answer
+
+        rewards = [self.no_answer_score] * len(prompts)
+        errors: list[str | None] = [None] * len(prompts)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            if not isinstance(c, str):
+                errors[i] = f"{self.name}: sample {i}: a completion is a string, got " \
+                            f"{type(c).__name__}"
+                if self.on_error == "raise":
+                    raise ScorerError(errors[i])
+                rewards[i] = 0.0
+            elif (answer := extract_answer(c)) is not None:
+                groups.setdefault((repr(p), answer), []).append(i)
+        samples = [members[0] for members in groups.values()]
+        answers = [answer for _, answer in groups]
+        scored = self._score_completions([prompts[i] for i in samples], answers)
+        for k, members in enumerate(groups.values()):
+            error = scored.errors[k]
+            for i in members:
+                rewards[i] = 0.0 if error else max(scored.rewards[k], self.no_answer_score)
+                errors[i] = error and error.replace(f"sample {k}:", f"sample {i}:", 1)
+        return ScoreResult(rewards, {self.name: list(rewards)}, errors)
+
+    def _score_completions(self, prompts, completions) -> ScoreResult:
         ids: list[list[int] | None] = []
         starts: list[int] = []
         errors: list[str | None] = []

@@ -224,3 +224,36 @@ def test_reference_trained_reward_model_is_dpo_and_is_scored_as_trained(tmp_path
     with pytest.raises(ConfigError, match="reward_model.reference applies to kind"):
         recipe_from_dict(_recipe(tmp_path, tiny_model_dir, data,
                                  reward_model={"kind": "classifier", "reference": True}))
+
+
+def test_judge_answer_scores_the_final_answer_alone(likelihood_rm, tmp_path):
+    """judge 'answer': a completion scores as its final answer written alone, whatever its
+    length and wording; one with no answer scores `no_answer_score`, and nothing below it;
+    a folder trained with `reward_model.judge: answer` is scored so without being told."""
+    out, *_ = likelihood_rm
+    whole = RewardModelScorer(str(out))
+    judge = RewardModelScorer(str(out), judge="answer")
+    prompt = "Add 62 and 52."
+    completions = ["114", "Let me think. 62 + 52: 60 + 50 = 110, and 2 + 2 = 4, so 114.",
+                   "62 + 52 = 114\n#### 114", "The answer is 124, I am sure of it.",
+                   "I cannot say.", "124"]
+    scores = judge.score([prompt] * len(completions), completions).rewards
+    bare = whole.score([prompt] * 2, ["114", "124"]).rewards
+    assert scores[0] == scores[1] == scores[2] == pytest.approx(max(bare[0], -10.0))
+    assert scores[3] == scores[5] == pytest.approx(max(bare[1], -10.0))
+    assert scores[4] == -10.0 and min(scores) == -10.0
+    long = whole.score([prompt] * 2, completions[1:3]).rewards     # the whole text differs
+    assert long[0] != pytest.approx(long[1])
+    # the floor is an option, and a judged score never falls below it
+    high = RewardModelScorer(str(out), judge="answer", no_answer_score=max(bare) + 1)
+    assert high.score([prompt] * 2, ["114", "no idea"]).rewards == [max(bare) + 1] * 2
+    # recorded by training: the folder says judge answer, the scorer reads it
+    folder = tmp_path / "judged"
+    shutil.copytree(out / "final", folder)
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe["reward_model"]["judge"] = "answer"
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert RewardModelScorer(str(folder)).score([prompt], [completions[1]]).rewards == \
+        pytest.approx([scores[1]])
+    assert RewardModelScorer.check_options({"path": str(folder), "judge": "last"}) == \
+        ["judge: must be one of completion, answer (got 'last')"]

@@ -217,6 +217,11 @@ class RewardModelConfig:
                             "the model it starts from (DPO's implicit reward), trained and "
                             "scored so: text training did not touch scores ~0 whatever its "
                             "length, where a plain sum of log-probs makes every token a cost")
+    judge: Literal["completion", "answer"] = param(
+        "completion", "what the trained model scores (recorded in its folder, read by "
+        "`alignment score`, best-of-N and RL): completion = the whole completion; answer = "
+        "only its final answer (the number the verifier reads), written alone: length and "
+        "wording cannot move the score, a completion with no answer scores lowest")
     center_weight: float = param(0.0, "weight of mean((r_chosen + r_rejected)^2), keeping "
                                  "rewards centred on 0 (TRL center_rewards_coefficient)", ge=0.0)
     token_weight: float = param(0.0, "weight of the token-level verifier term: the head, at "
