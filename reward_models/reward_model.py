@@ -33,11 +33,16 @@ text the training did not touch, e.g. prose that answers nothing, scores ~0 inst
 its fluency, and a long answer pays no more than a short one). `reference` defaults to how
 the folder was trained (`reward_model.reference` in its recipe.yaml). Any other folder
 without a score head is refused.
+
+`judge` (default: the folder's `reward_model.judge`, else 'completion') picks what is
+scored: the whole completion, or ('answer') only its final answer written alone, so that
+length and wording cannot move the score (`_score_answers`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -240,6 +245,10 @@ class RewardModelScorer(Scorer):
         for key in ("batch_size", "max_length"):
             if options.get(key, 1) <= 0:
                 problems.append(f"{key}: must be positive (got {options[key]!r})")
+        score = options.get("no_answer_score", NO_ANSWER_SCORE)
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or \
+                not math.isfinite(score):
+            problems.append(f"no_answer_score: must be a finite number (got {score!r})")
         if options.get("judge", "completion") not in JUDGES:
             problems.append(f"judge: must be one of {', '.join(JUDGES)} (got "
                             f"{options['judge']!r})")

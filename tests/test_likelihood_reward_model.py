@@ -255,5 +255,7 @@ def test_judge_answer_scores_the_final_answer_alone(likelihood_rm, tmp_path):
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert RewardModelScorer(str(folder)).score([prompt], [completions[1]]).rewards == \
         pytest.approx([scores[1]])
-    assert RewardModelScorer.check_options({"path": str(folder), "judge": "last"}) == \
-        ["judge: must be one of completion, answer (got 'last')"]
+    assert RewardModelScorer.check_options({"path": str(folder), "judge": "last",
+                                            "no_answer_score": "low"}) == \
+        ["no_answer_score: must be a finite number (got 'low')",
+         "judge: must be one of completion, answer (got 'last')"]
