@@ -25,7 +25,7 @@ same text apart from the result. To make it learn that and not the wording:
   the best of a policy's free-form samples it then prefers whatever is short (measured:
   bench/rm_best_of_n.py).
 - **train_answers** pairs the final answers alone, for a reward model that judges a
-  completion by its answer (`reward_model.judge: answer`): each train prompt twice, the
+  completion by its answer (`reward_model.judge: answer`): each train prompt with the
   right number against a wrong one of the shipped kinds or of those a free-form policy
   writes (read off the bundled model's samples): `operand`, one of the two numbers
   restated; `difference`, the two numbers subtracted; `random`, any number below 200.
