@@ -172,6 +172,10 @@ def _check(args) -> int:
         return EXIT_USAGE
     recipe = load_recipe(args.recipe, args.overrides)
     print(dump_recipe(recipe), end="")
+    if recipe.first_stage is not None:
+        from alignment.pipeline import plan
+
+        print(plan(recipe, args.recipe), file=sys.stderr)
     return 0
 
 
@@ -181,6 +185,15 @@ def _train(args) -> int:
     from alignment.trainers import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.first_stage is not None:   # a pipeline: its earlier stages first
+        from alignment.pipeline import StageError, run_first_stages
+
+        try:
+            run_first_stages(recipe, launched=launch.inside_launched_process())
+        except StageError as exc:
+            print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
+            return exc.status
+        recipe = load_recipe(args.recipe, args.overrides)   # now with stage one's paths
     if not launch.inside_launched_process() or os.environ.get("RANK", "0") == "0":
         from alignment.preflight import preflight
 

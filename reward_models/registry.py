@@ -115,10 +115,13 @@ def data_columns(specs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return needed
 
 
-def check_specs(specs: Any, where: str = "rewards") -> list[str]:
+def check_specs(specs: Any, where: str = "rewards",
+                deferred: Callable[[Any], bool] | None = None) -> list[str]:
     """Every problem in a list of reward specs, without loading any model: unknown scorer
     names and options get a did-you-mean; option types, the scorer's own `check_options`
-    and (for the cheap built-ins) its constructor's checks are run."""
+    and (for the cheap built-ins) its constructor's checks are run. An option whose value
+    `deferred` is true for (a folder an earlier training stage has yet to write) is left out
+    of the scorer's own check."""
     if not isinstance(specs, (list, tuple)) or not specs:
         return [f"{where}: expected a non-empty list of reward specs like "
                 "[{name: exact_answer, weight: 1.0}]"]
@@ -156,7 +159,7 @@ def check_specs(specs: Any, where: str = "rewards") -> list[str]:
                             f"{where}[{keys[key]}]): give one of them a 'label'")
         keys.setdefault(key, i)
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
-        found = option_problems(name, target, options)
+        found = option_problems(name, target, options, deferred)
         if not found and name in CHEAP_TO_BUILD:
             try:
                 target(**options)
@@ -167,15 +170,17 @@ def check_specs(specs: Any, where: str = "rewards") -> list[str]:
     return problems
 
 
-def option_problems(name: str, target: Any, options: dict) -> list[str]:
+def option_problems(name: str, target: Any, options: dict,
+                    deferred: Callable[[Any], bool] | None = None) -> list[str]:
     """Unknown or missing options, values of the wrong type, and the scorer's own
     `check_options` (a classmethod returning problems; one about a single option starts
-    with 'OPTION: ')."""
+    with 'OPTION: '), which does not see the options `deferred` is true for."""
     found = _check_options(name, target, options)
     if not found:
         found = _check_types(target, options)
     if not found and hasattr(target, "check_options"):
-        found = list(target.check_options(options))
+        found = list(target.check_options(
+            {k: v for k, v in options.items() if not (deferred and deferred(v))}))
     return found
 
 

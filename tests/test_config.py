@@ -137,45 +137,30 @@ def test_every_key_is_documented():
     assert "trainer.lr" in all_keys()
 
 
-def _load_shipped(recipe: Path, tmp_path: Path):
-    """load_recipe(recipe); a reward model another shipped recipe trains (not trained here)
-    is stood in for by a folder that passes the loader's check of it."""
-    raw = yaml.safe_load(recipe.read_text())
-    trained_by = {yaml.safe_load(r.read_text())["output_dir"]: r.name for r in RECIPES}
-    rewards, replaced = raw.get("rewards") or [], False
-    for spec in rewards:
-        if spec.get("name") == "reward_model" and not (ROOT / spec["path"]).exists():
-            stage_one = trained_by[spec["path"]]     # else: a reward model nothing makes
-            assert f"recipes/{stage_one}" in recipe.read_text()   # says how to make it
-            folder = tmp_path / spec["path"]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-            (folder / "recipe.yaml").write_text((ROOT / "recipes" / stage_one).read_text())
-            spec["path"], replaced = str(folder), True
-    overrides = [f"rewards={yaml.safe_dump(rewards, default_flow_style=True).strip()}"] \
-        if replaced else []
-    return load_recipe(recipe, overrides)
-
-
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory) -> dict:
-    """Every shipped recipe, loaded (and so validated) once: {file: Recipe}."""
-    tmp = tmp_path_factory.mktemp("shipped")
+def shipped() -> dict:
+    """Every shipped recipe, loaded (and so validated) once: {file: Recipe}. A folder that
+    a recipe's first stage writes (a model, a reward model) is checked once it exists."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)
-        return {r: _load_shipped(r, tmp) for r in RECIPES}
+        return {r: load_recipe(r) for r in RECIPES}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_shipped_recipes_validate(recipe, shipped):
-    # every recipe starts from the bundled default, or from what another shipped recipe
-    # trains from it (stage two of a documented pipeline, e.g. GRPO after SFT)
-    stage_one = {shipped[r].output_dir: r.name for r in RECIPES if r != recipe}
-    name = shipped[recipe].model.name
-    assert name == "smollm2-135m" or name in stage_one, name
-    if name != "smollm2-135m":
-        assert load_recipe(ROOT / "recipes" / stage_one[name]).model.name == "smollm2-135m"
-        assert f"recipes/{stage_one[name]}" in recipe.read_text()   # says how to make it
+    # every recipe starts from the bundled default, or is stage two of a documented
+    # pipeline that names its first stage (e.g. GRPO after SFT): its model, or its reward
+    # model, is what that stage trains from the bundled one
+    r = shipped[recipe]
+    reads = {r.model.name, *(spec.get("path") for spec in r.rewards
+                             if spec.get("name") == "reward_model")} - {None}
+    if r.first_stage is None:
+        assert reads == {"smollm2-135m"}, reads
+        return
+    stage_one = shipped[ROOT / r.first_stage]   # (relative to the repository)
+    assert stage_one.model.name == "smollm2-135m" and stage_one.first_stage is None
+    assert stage_one.output_dir in reads, (stage_one.output_dir, reads)
+    assert reads <= {"smollm2-135m", stage_one.output_dir}
 
 
 def _cli(*args, cwd=ROOT):

@@ -13,9 +13,13 @@ from alignment.config.schema import (
     uses_rewards,
     uses_rollout,
 )
+from alignment.config.stages import inside_pending
 
 
-def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
+def check_cross_fields(recipe: Recipe, problems: list[str],
+                       pending: tuple[str, ...] = ()) -> None:
+    """`pending`: folders an earlier stage of the pipeline has yet to write (a reward model
+    inside one is checked once that stage has run)."""
     d = recipe.data
     if d.max_prompt_length >= d.max_length:
         problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
@@ -23,7 +27,8 @@ def check_cross_fields(recipe: Recipe, problems: list[str]) -> None:
     if uses_rewards(recipe):
         from reward_models.registry import check_specs
 
-        problems.extend(check_specs(recipe.rewards))
+        problems.extend(check_specs(recipe.rewards,
+                                    deferred=lambda value: inside_pending(value, pending)))
     if recipe.algorithm in CRITIC:
         _check_critic(recipe, problems)
         _check_ppo_max(recipe, problems)

@@ -33,6 +33,7 @@ from alignment.config.schema import (
     uses_rewards,
     uses_rollout,
 )
+from alignment.config.stages import inside_pending, stage_trained
 from alignment.errors import not_utf8
 
 
@@ -46,8 +47,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join([head, *("  " + p for p in problems)]))
 
 
-def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read, override and validate a recipe file."""
+def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *,
+                _chain: tuple[Path, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe file (and its `first_stage`, if it names one).
+    `_chain`: the recipes that named this one as their first stage (to refuse a loop)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError([f"recipe file '{path}' is a folder, not a YAML file"])
@@ -60,7 +63,8 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping of keys (algorithm: ..., "
                            f"model: ...), got {type(raw).__name__}"], str(path))
-    return recipe_from_dict(raw, overrides, base_dir=path.parent, source=str(path))
+    return recipe_from_dict(raw, overrides, base_dir=path.parent, source=str(path),
+                            _chain=(*_chain, path.resolve()))
 
 
 def _read_yaml(path: Path) -> Any:
@@ -105,7 +109,8 @@ def _duplicate_keys(node: Any, prefix: str = "", path: frozenset = frozenset()) 
 
 
 def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
-                     base_dir: str | os.PathLike = ".", source: str | None = None) -> Recipe:
+                     base_dir: str | os.PathLike = ".", source: str | None = None,
+                     _chain: tuple[Path, ...] = ()) -> Recipe:
     problems: list[str] = []
     raw = _apply_overrides(raw, overrides, problems)
     algorithm = raw.get("algorithm")
@@ -121,12 +126,55 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         check_sections(recipe, raw, problems)
         _check_output_dir(recipe.output_dir, problems)
     if not problems:
-        _check_paths(recipe, "", Path(base_dir), problems)
-        check_cross_fields(recipe, problems)
+        # a folder an earlier stage will write is checked once that stage has run
+        pending = _first_stage(recipe, Path(base_dir), problems, _chain)
+        _check_paths(recipe, "", Path(base_dir), problems, pending)
+        check_cross_fields(recipe, problems, pending)
     if problems:
         raise ConfigError(problems, source)
     recipe.output_dir = recipe.output_dir.format(algorithm=recipe.algorithm)
     return recipe
+
+
+def _first_stage(recipe: Recipe, base_dir: Path, problems: list[str],
+                 chain: tuple[Path, ...]) -> tuple[str, ...]:
+    """Validate the recipe's first stage (and its own, recursively) now, before anything
+    runs; returns the output folders of the stages not trained yet."""
+    if recipe.first_stage is None:
+        return ()
+    found = _find_path(recipe.first_stage, base_dir)
+    if found is None:
+        problems.append(f"first_stage: '{recipe.first_stage}' does not exist (looked in the "
+                        f"working directory and in {base_dir})")
+        return ()
+    recipe.first_stage = found
+    if Path(found).resolve() in chain:
+        names = " -> ".join(p.name for p in (*chain, Path(found).resolve()))
+        problems.append(f"first_stage: '{found}' is already a stage of this pipeline "
+                        f"({names}): each stage runs once")
+        return ()
+    try:
+        stage = load_recipe(found, _chain=chain)
+    except ConfigError as exc:
+        problems.extend(f"first_stage ({found}): {p}" for p in exc.problems)
+        return ()
+    output_dir = recipe.output_dir.format(algorithm=recipe.algorithm)
+    if Path(stage.output_dir).resolve() == Path(output_dir).resolve():
+        problems.append(f"first_stage: '{found}' writes to this recipe's output_dir "
+                        f"({output_dir}): each stage needs a folder of its own")
+        return ()
+    own = _pending_stages(stage)
+    return own if stage_trained(stage.output_dir) else (stage.output_dir, *own)
+
+
+def _pending_stages(stage: Recipe) -> tuple[str, ...]:
+    """The output folders, not trained yet, of the stages before `stage`."""
+    pending: list[str] = []
+    while stage.first_stage is not None:
+        stage = load_recipe(stage.first_stage)
+        if not stage_trained(stage.output_dir):
+            pending.append(stage.output_dir)
+    return tuple(pending)
 
 
 def _check_output_dir(value: str, problems: list[str]) -> None:
@@ -358,15 +406,19 @@ def _check_bounds(value: Any, meta: typing.Mapping) -> None:
         raise _BadValue(f"must be <= {meta['le']}")
 
 
-def _check_paths(obj: Any, prefix: str, base_dir: Path, problems: list[str]) -> None:
-    """Paths are relative to the working directory, else to the recipe's folder."""
+def _check_paths(obj: Any, prefix: str, base_dir: Path, problems: list[str],
+                 pending: tuple[str, ...] = ()) -> None:
+    """Paths are relative to the working directory, else to the recipe's folder; one inside
+    a folder an earlier stage has yet to write (`pending`) is left for then."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name
+        if key == "first_stage" or inside_pending(value, pending):
+            continue
         if dataclasses.is_dataclass(value):
             if f.name in ALGORITHMS and f.name != getattr(obj, "algorithm", f.name):
                 continue
-            _check_paths(value, key + ".", base_dir, problems)
+            _check_paths(value, key + ".", base_dir, problems, pending)
         elif f.metadata.get("source") and value is not None:
             from alignment.data.sources import source_problem
 

@@ -505,6 +505,12 @@ class Recipe:
         help="the trainer to run")
     output_dir: str = param("runs/{algorithm}", "where checkpoints, logs and the summary go; "
                             "{algorithm} is substituted")
+    first_stage: str | None = param(
+        None, "a recipe to train before this one (stage one of a pipeline, e.g. "
+        "recipes/sft_mix.yaml): `alignment train` runs it first unless its output_dir holds a "
+        "trained final/ model, resuming it from its last checkpoint if it was interrupted; "
+        "paths inside its output_dir (model.name, a reward model) are checked once it has "
+        "run", path=True)
     model: ModelConfig = section(ModelConfig)
     data: DataConfig = section(DataConfig)
     trainer: TrainerConfig = section(TrainerConfig)

@@ -253,7 +253,8 @@ def set_rng_state(state: dict) -> None:
 # Recipe keys a resumed run may change without changing what it computes: how long to go on,
 # how often to save/log/evaluate, where it runs (launch, threads), what it reports. A key
 # ending in "." covers its whole section.
-RESUME_MAY_CHANGE = ("output_dir", "trainer.max_steps", "trainer.epochs",
+RESUME_MAY_CHANGE = ("output_dir", "first_stage",   # (what made the model: model.name says which)
+                     "trainer.max_steps", "trainer.epochs",
                      "trainer.save_every", "trainer.keep_checkpoints", "trainer.log_every",
                      "trainer.eval_every", "trainer.threads", "trainer.max_nan_steps",
                      "trainer.resume_ignore_changes", "data.eval", "data.eval_limit",
