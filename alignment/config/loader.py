@@ -33,7 +33,7 @@ from alignment.config.schema import (
     uses_rewards,
     uses_rollout,
 )
-from alignment.config.stages import inside_pending, stage_trained
+from alignment.config.stages import check_first_stage, inside_pending
 from alignment.errors import not_utf8
 
 
@@ -127,54 +127,13 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), *,
         _check_output_dir(recipe.output_dir, problems)
     if not problems:
         # a folder an earlier stage will write is checked once that stage has run
-        pending = _first_stage(recipe, Path(base_dir), problems, _chain)
+        pending = check_first_stage(recipe, Path(base_dir), problems, _chain)
         _check_paths(recipe, "", Path(base_dir), problems, pending)
         check_cross_fields(recipe, problems, pending)
     if problems:
         raise ConfigError(problems, source)
     recipe.output_dir = recipe.output_dir.format(algorithm=recipe.algorithm)
     return recipe
-
-
-def _first_stage(recipe: Recipe, base_dir: Path, problems: list[str],
-                 chain: tuple[Path, ...]) -> tuple[str, ...]:
-    """Validate the recipe's first stage (and its own, recursively) now, before anything
-    runs; returns the output folders of the stages not trained yet."""
-    if recipe.first_stage is None:
-        return ()
-    found = _find_path(recipe.first_stage, base_dir)
-    if found is None:
-        problems.append(f"first_stage: '{recipe.first_stage}' does not exist (looked in the "
-                        f"working directory and in {base_dir})")
-        return ()
-    recipe.first_stage = found
-    if Path(found).resolve() in chain:
-        names = " -> ".join(p.name for p in (*chain, Path(found).resolve()))
-        problems.append(f"first_stage: '{found}' is already a stage of this pipeline "
-                        f"({names}): each stage runs once")
-        return ()
-    try:
-        stage = load_recipe(found, _chain=chain)
-    except ConfigError as exc:
-        problems.extend(f"first_stage ({found}): {p}" for p in exc.problems)
-        return ()
-    output_dir = recipe.output_dir.format(algorithm=recipe.algorithm)
-    if Path(stage.output_dir).resolve() == Path(output_dir).resolve():
-        problems.append(f"first_stage: '{found}' writes to this recipe's output_dir "
-                        f"({output_dir}): each stage needs a folder of its own")
-        return ()
-    own = _pending_stages(stage)
-    return own if stage_trained(stage.output_dir) else (stage.output_dir, *own)
-
-
-def _pending_stages(stage: Recipe) -> tuple[str, ...]:
-    """The output folders, not trained yet, of the stages before `stage`."""
-    pending: list[str] = []
-    while stage.first_stage is not None:
-        stage = load_recipe(stage.first_stage)
-        if not stage_trained(stage.output_dir):
-            pending.append(stage.output_dir)
-    return tuple(pending)
 
 
 def _check_output_dir(value: str, problems: list[str]) -> None:
